@@ -5,6 +5,7 @@ and the sweep callback never step on each other's "active run".
 """
 import logging
 import os
+import sys
 import time
 from typing import Dict, List, Optional
 
@@ -82,7 +83,7 @@ def job_overrides() -> List[str]:
 def run_name(overrides: List[str]) -> str:
     """Readable from what this job changed, e.g. 'lr=0.005,clipping=value'."""
     shown = [o.lstrip("+~").replace("optimizer.lr=", "lr=") for o in overrides
-             if not o.startswith("experiment=")]
+             if not o.startswith(("experiment=", "mlflow.", "hydra"))]
     experiment = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
     return ",".join(shown) or (experiment[0] if experiment else "run")
 
@@ -220,13 +221,28 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config, **kwargs) -> None:
         parent = os.environ.pop(ENV_PARENT_RUN, None)
         os.environ.pop(ENV_EXPERIMENT, None)
-        if parent is None:
-            return
-        client = MlflowClient(tracking_uri=tracking_uri(config.mlflow))
-        try:
-            summarise_sweep(client, parent)
-        finally:
-            client.set_terminated(parent, "FINISHED")
+        if parent is not None:
+            client = MlflowClient(tracking_uri=tracking_uri(config.mlflow))
+            try:
+                summarise_sweep(client, parent)
+            finally:
+                client.set_terminated(parent, "FINISHED")
+        rejected = rejected_jobs(os.path.abspath(config.hydra.sweep.dir))
+        if rejected:
+            print(f"sweeplab: error: {len(rejected)} job(s) of this sweep were rejected for "
+                  f"bad config values (see the lines above): {', '.join(rejected)}",
+                  file=sys.stderr, flush=True)
+            sys.exit(2)
+
+
+def rejected_jobs(sweep_dir: str) -> List[str]:
+    """Job folders where the CLI left a config-error marker."""
+    from runner.cli import CONFIG_ERROR_MARKER
+
+    if not os.path.isdir(sweep_dir):
+        return []
+    return sorted(name for name in os.listdir(sweep_dir)
+                  if os.path.isfile(os.path.join(sweep_dir, name, CONFIG_ERROR_MARKER)))
 
 
 def summarise_sweep(client: MlflowClient, parent: str) -> None:

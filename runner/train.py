@@ -101,34 +101,39 @@ def make_train_steps(cfg, model, opt, lr_at, train_split):
         cursor.assign_add(batch)
         return tf.gather(x, idx), tf.gather(y, idx)
 
+    capacity = cfg.train.eval_every  # static TensorArray size: one trace, and XLA-compilable
+
     @tf.function(jit_compile=cfg.train.jit_compile)
     def train_steps(k):
-        series = [tf.TensorArray(tf.float32, size=0, dynamic_size=True) for _ in SERIES]
-        norms = [tf.TensorArray(tf.float32, size=0, dynamic_size=True) for _ in range(2)]
-        done = tf.constant(0)
-        for i in tf.range(k):
+        series = [tf.TensorArray(tf.float32, size=capacity, element_shape=()) for _ in SERIES]
+        norms = [tf.TensorArray(tf.float32, size=capacity, element_shape=(len(variables),))
+                 for _ in range(2)]
+        i, finite = tf.constant(0), tf.constant(True)
+        while i < k and finite:
             xb, yb = next_batch()
             lr = lr_at(opt.iterations)
             with tf.GradientTape() as tape:
                 loss = data_loss(yb, model(xb, training=True))
                 penalty = regularizers.penalty(variables, cfg.regularizer)
                 total = loss + penalty
-            if not tf.math.is_finite(total):
-                break  # divergence guard: never apply a NaN/Inf update
             grads, stats = clipping.clip(tape.gradient(total, variables), cfg.clipping)
-            opt.apply(grads, variables)
+            finite = tf.math.is_finite(total)
+            if finite:  # divergence guard: never apply a NaN/Inf update
+                opt.apply(grads, variables)
             values = (loss, penalty, lr, stats["grad_norm"], stats["grad_norm_clipped"],
                       stats["clip_fraction"])
             series = [ta.write(i, tf.cast(v, tf.float32)) for ta, v in zip(series, values)]
             norms = [norms[0].write(i, stats["var_norms"]),
                      norms[1].write(i, stats["var_norms_clipped"])]
-            done = i + 1
+            i += 1
+        done = i - tf.cast(tf.logical_not(finite), tf.int32)  # updates actually applied
         return done, [ta.stack() for ta in series], [ta.stack() for ta in norms]
 
     def call(k: int):
         done, series, norms = train_steps(tf.constant(k))
-        return int(done), {name: s.numpy() for name, s in zip(SERIES, series)}, \
-            [n.numpy() for n in norms]
+        done = int(done)
+        return done, {name: s.numpy()[:done] for name, s in zip(SERIES, series)}, \
+            [n.numpy()[:done] for n in norms]
 
     call.variable_names = [v.path for v in variables]
     return call
