@@ -9,7 +9,7 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from runner.config import ConfigError, register_configs  # noqa: E402
+from runner.config import ConfigError, register_configs, validate  # noqa: E402
 
 register_configs()
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
@@ -19,9 +19,10 @@ CONFIG_ERROR_MARKER = "CONFIG_ERROR"
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
-    from runner.train import run  # after Hydra has parsed the command line: `--help` stays fast
-
     try:
+        validate(cfg)  # before TensorFlow loads: a typo costs a second, not ten
+        from runner.train import run  # imported late so `--help` and bad values stay fast
+
         return run(cfg)
     except ConfigError as err:
         # One line naming the option and the fix; no traceback for a user's typo.

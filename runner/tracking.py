@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # How the sweep callback hands the parent run to jobs (launchers start jobs after it ran).
 ENV_PARENT_RUN = "SWEEPLAB_PARENT_RUN_ID"
 ENV_EXPERIMENT = "SWEEPLAB_EXPERIMENT_ID"
+ENV_SWEEP_OVERRIDES = "SWEEPLAB_SWEEP_OVERRIDES"  # the sweep's command line, one per line
 TAG_SWEEP_DIR = "sweeplab.sweep_dir"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 MAX_PARAMS_PER_BATCH = 100
@@ -80,10 +81,14 @@ def job_overrides() -> List[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def run_name(overrides: List[str]) -> str:
-    """Readable from what this job changed, e.g. 'lr=0.005,clipping=value'."""
+def run_name(overrides: List[str], common: List[str] = ()) -> str:
+    """Readable from what this job changed, e.g. 'lr=0.005,clipping=value'.
+
+    In a sweep, `common` holds the command line's fixed overrides (shared by every job and
+    shown on the parent run), so a child is named by what varies.
+    """
     shown = [o.lstrip("+~").replace("optimizer.lr=", "lr=") for o in overrides
-             if not o.startswith(("experiment=", "mlflow.", "hydra"))]
+             if o not in common and not o.startswith(("experiment=", "mlflow.", "hydra"))]
     experiment = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
     return ",".join(shown) or (experiment[0] if experiment else "run")
 
@@ -130,7 +135,8 @@ class TrackedRun:
         if parent:
             tags["mlflow.parentRunId"] = parent
             tags["sweeplab.sweep_id"] = parent
-        run = self.client.create_run(exp_id, run_name=run_name(overrides), tags=tags)
+        common = os.environ.get(ENV_SWEEP_OVERRIDES, "").splitlines() if parent else []
+        run = self.client.create_run(exp_id, run_name=run_name(overrides, common), tags=tags)
         self.run_id = run.info.run_id
         params = [Param(k, v[:6000]) for k, v in
                   flatten(OmegaConf.to_container(self.cfg, resolve=True)).items()]
@@ -216,11 +222,13 @@ class SweepCallback(Callback):
                                          "sweeplab.overrides": " ".join(overrides)})
         os.environ[ENV_PARENT_RUN] = parent.info.run_id
         os.environ[ENV_EXPERIMENT] = exp_id
+        os.environ[ENV_SWEEP_OVERRIDES] = "\n".join(overrides)
         log.info("MLflow sweep run %s in %s", parent.info.run_id, uri)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         parent = os.environ.pop(ENV_PARENT_RUN, None)
         os.environ.pop(ENV_EXPERIMENT, None)
+        os.environ.pop(ENV_SWEEP_OVERRIDES, None)
         if parent is not None:
             client = MlflowClient(tracking_uri=tracking_uri(config.mlflow))
             try:
