@@ -146,3 +146,42 @@ def test_a_bad_job_in_a_sweep_does_not_stop_the_others(tmp_path, store):
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert [c.data.params["optimizer.lr"] for c in children] == ["0.01"]
     assert children[0].data.tags["outcome"] == "ok"
+
+
+def test_parallel_sweep_with_joblib_launcher_shares_one_parent(tmp_path, store):
+    done = run_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp",
+                    "optimizer.lr=0.001,0.01", *TINY], tmp_path, store)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, runs = runs_of(store)
+    parents = [r for r in runs if r.data.tags.get("sweeplab.role") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1
+    assert sorted(c.info.run_name for c in children) == ["lr=0.001", "lr=0.01"]
+    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    assert all(c.data.tags["outcome"] == "ok" for c in children)
+
+
+def test_same_seed_same_curve_different_seed_different_curve(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from runner.config import register_configs
+    from runner.train import run
+
+    register_configs()
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+
+    def curve(seed):
+        with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=["model=mlp", "model.hidden=[32]", f"seed={seed}",
+                                               f"mlflow.tracking_uri={store}", *TINY])
+        run(cfg)
+        client, runs = runs_of(store)
+        latest = max(runs, key=lambda r: r.info.start_time)
+        return [(m.step, m.value) for m in
+                sorted(client.get_metric_history(latest.info.run_id, "train_loss"),
+                       key=lambda m: m.step)]
+
+    first, again, other = curve(1), curve(1), curve(2)
+    assert len(first) == 30
+    assert first == again
+    assert first != other
