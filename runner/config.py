@@ -99,13 +99,18 @@ class LRScheduleConfig:
 @dataclass
 class TrainConfig:
     steps: int = 1000
+    # If set, train this many passes over the training split instead of `steps`.
+    epochs: Optional[int] = None
     batch_size: int = 8
     eval_every: int = 10
     # Validation examples per evaluation: null = the whole validation split; N = the next N
     # examples each time, wrapping around (like TF1's mnist.validation.next_batch(N)).
     eval_size: Optional[int] = 100
     eval_batch_size: int = 1000  # chunk size for evaluation, bounds memory on big inputs
-    loss: str = "cross_entropy"  # cross_entropy | mse (on one-hot labels, as in seed 002)
+    # cross_entropy | mse (on one-hot labels, seed 002) | cross_entropy_naive
+    # (-sum(onehot * log(softmax)) as in seed 001: NaN once a softmax underflows to 0)
+    loss: str = "cross_entropy"
+    loss_reduction: str = "mean"  # mean | sum over the batch (seed 001 sums)
     jit_compile: bool = False
     # Per-step series (train_loss, grad norms, lr) go to MLflow every `log_every` steps.
     log_every: int = 1
@@ -220,7 +225,10 @@ def validate_train(cfg) -> None:
         _require(value > 0, f"train.{key}", f"must be > 0, got {value}", f"e.g. train.{key}=10")
     _require(cfg.eval_size is None or cfg.eval_size > 0, "train.eval_size",
              f"must be > 0 or null, got {cfg.eval_size}", "e.g. train.eval_size=100")
-    _one_of(cfg.loss, "train.loss", {"cross_entropy", "mse"})
+    _require(cfg.epochs is None or cfg.epochs > 0, "train.epochs",
+             f"must be > 0 or null, got {cfg.epochs}", "e.g. train.epochs=13")
+    _one_of(cfg.loss, "train.loss", {"cross_entropy", "mse", "cross_entropy_naive"})
+    _one_of(cfg.loss_reduction, "train.loss_reduction", {"mean", "sum"})
 
 
 def validate_dataset(cfg) -> None:

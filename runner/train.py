@@ -23,13 +23,25 @@ log = logging.getLogger(__name__)
 # Per-step series that come out of the compiled loop (one value per update).
 SERIES = ("train_loss", "penalty", "lr", "grad_norm", "grad_norm_clipped", "clip_fraction")
 
-LOSSES = {
-    "cross_entropy": lambda labels, logits: tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)),
-    # Seed 002: squared error against one-hot labels, averaged over classes and batch.
+# Per-example losses; `data_loss` reduces them over the batch as train.loss_reduction says.
+PER_EXAMPLE_LOSSES = {
+    "cross_entropy": lambda labels, logits: tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=labels, logits=logits),
+    # Seed 002: squared error against one-hot labels, averaged over classes.
     "mse": lambda labels, logits: tf.reduce_mean(
-        tf.square(tf.one_hot(labels, tf.shape(logits)[-1]) - logits)),
+        tf.square(tf.one_hot(labels, tf.shape(logits)[-1]) - logits), axis=-1),
+    # Seed 001's hand-written loss: log(softmax) is -inf once a probability underflows, so
+    # a badly initialised net yields NaN exactly as in the write-up.
+    "cross_entropy_naive": lambda labels, logits: -tf.reduce_sum(
+        tf.one_hot(labels, tf.shape(logits)[-1]) * tf.math.log(tf.nn.softmax(logits)), axis=-1),
 }
+
+
+def loss_fn(cfg):
+    """(labels, logits) -> scalar loss for cfg.train (`loss`, `loss_reduction`)."""
+    per_example = PER_EXAMPLE_LOSSES[cfg.loss]
+    reduce = tf.reduce_sum if cfg.loss_reduction == "sum" else tf.reduce_mean
+    return lambda labels, logits: reduce(per_example(labels, logits))
 
 
 def run(cfg) -> float:
@@ -42,6 +54,8 @@ def run(cfg) -> float:
                           f"{len(splits.train.y)} training examples; use a smaller batch")
     model = models.build(cfg.model, splits.info)
     steps_per_epoch = len(splits.train.y) // cfg.train.batch_size
+    if cfg.train.epochs:
+        cfg.train.steps = cfg.train.epochs * steps_per_epoch
     lr_at = optim.schedule(cfg.lr_schedule, cfg.optimizer.lr, steps_per_epoch, cfg.train.steps)
     opt = optim.optimizer(cfg.optimizer, lr_at)
     train_steps = make_train_steps(cfg, model, opt, lr_at, splits.train)
@@ -91,7 +105,8 @@ def make_train_steps(cfg, model, opt, lr_at, train_split):
     order = tf.Variable(tf.argsort(rng.uniform([n])), trainable=False)
     cursor = tf.Variable(0, trainable=False)
     variables = model.trainable_variables
-    data_loss = LOSSES[cfg.train.loss]
+    data_loss = loss_fn(cfg.train)
+    per_example_divisor = float(batch) if cfg.train.loss_reduction == "sum" else 1.0
 
     def next_batch():
         if cursor + batch > n:  # epoch done: reshuffle
@@ -113,9 +128,10 @@ def make_train_steps(cfg, model, opt, lr_at, train_split):
             xb, yb = next_batch()
             lr = lr_at(opt.iterations)
             with tf.GradientTape() as tape:
-                loss = data_loss(yb, model(xb, training=True))
+                objective = data_loss(yb, model(xb, training=True))
                 penalty = regularizers.penalty(variables, cfg.regularizer)
-                total = loss + penalty
+                total = objective + penalty
+            loss = objective / per_example_divisor  # reported per example, like val_loss
             grads, stats = clipping.clip(tape.gradient(total, variables), cfg.clipping)
             finite = tf.math.is_finite(total)
             if finite:  # divergence guard: never apply a NaN/Inf update
@@ -141,14 +157,15 @@ def make_train_steps(cfg, model, opt, lr_at, train_split):
 
 def make_evaluate(cfg, model):
     """(x, y) -> (mean loss, accuracy), in chunks of `eval_batch_size` to bound memory."""
-    data_loss = LOSSES[cfg.loss]
+    per_example = PER_EXAMPLE_LOSSES[cfg.loss]
+    # Reported per example whatever the training reduction, so runs stay comparable.
 
     @tf.function(reduce_retracing=True)
     def chunk(x, y):
         logits = model(x, training=False)
         correct = tf.reduce_sum(tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == y,
                                         tf.float32))
-        return data_loss(y, logits) * tf.cast(tf.shape(y)[0], tf.float32), correct
+        return tf.reduce_sum(per_example(y, logits)), correct
 
     def evaluate(x, y):
         loss_sum = correct = 0.0
