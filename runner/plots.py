@@ -79,3 +79,39 @@ def sweep_comparison(histories) -> Figure:
                ylim=(0, 1.02))
     acc_ax.legend(fontsize="small", loc="lower right")
     return fig
+
+
+def grad_norms_per_variable(history) -> Figure:
+    """Each variable's gradient norm before (left) and after (right) clipping vs step."""
+    fig = Figure(figsize=(12, 4.6), layout="constrained")
+    before_ax, after_ax = fig.subplots(1, 2, sharey=True)
+    for ax, key, title in ((before_ax, "var_norms", "before clipping"),
+                           (after_ax, "var_norms_clipped", "after clipping")):
+        points = history.get(key, [])
+        names = list(points[0][1]) if points else []
+        for name in names:
+            ax.plot([s for s, _ in points], [norms[name] for _, norms in points], label=name, lw=1)
+        ax.set(xlabel="step", ylabel="gradient norm", title=f"per-variable gradient norm, {title}")
+        if points and min(min(n.values()) for _, n in points) > 0:
+            ax.set_yscale("log")
+    before_ax.legend(fontsize="x-small")
+    return fig
+
+
+def weight_images(weights) -> Figure:
+    """Each weight matrix min-max normalised to [0, 1] as an image (seed 003's w1..w4)."""
+    names = list(weights)
+    cols = min(4, max(1, len(names)))
+    rows = max(1, -(-len(names) // cols))
+    fig = Figure(figsize=(3.4 * cols, 3.2 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, name in zip(axes, names):
+        w = weights[name]
+        w = w.reshape(-1, w.shape[-1])  # conv kernels: one column per output channel
+        span = w.max() - w.min()
+        ax.imshow((w - w.min()) / span if span > 0 else np.zeros_like(w), aspect="auto",
+                  cmap="viridis", interpolation="nearest")
+        ax.set_title(f"{name} {tuple(weights[name].shape)}", fontsize="small")
+    for ax in axes[len(names):]:
+        ax.axis("off")
+    return fig

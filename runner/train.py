@@ -69,7 +69,8 @@ def run(cfg) -> float:
         result = fit(cfg.train, train_steps, evaluate, splits.val, tracked)
         history, diverged_at = result.history, result.diverged_at
         final = {"train_seconds": result.seconds,
-                 "steps_per_second": result.steps / max(result.seconds, 1e-9)}
+                 "steps_per_second": result.steps / max(result.seconds, 1e-9),
+                 **accuracy_summary(history["val_acc"]), **weight_summary(model)}
         if diverged_at is None:
             final["test_loss"], final["test_acc"] = evaluate(splits.test.x, splits.test.y)
             log.info("test loss %.4f, test acc %.4f", final["test_loss"], final["test_acc"])
@@ -78,13 +79,45 @@ def run(cfg) -> float:
             log.warning("diverged at step %d (loss is NaN/Inf): run stopped, marked diverged",
                         diverged_at)
         tracked.finish(final, outcome="ok" if diverged_at is None else "diverged")
-        tracked.log_figure(plots.curves(history), "curves.png")
-        if cfg.plots.skip_first > 0:
-            tracked.log_figure(plots.curves(history, skip_first=cfg.plots.skip_first),
-                               f"curves_skip{cfg.plots.skip_first}.png")
-        tracked.log_figure(plots.grad_norms(history), "grad_norms.png")
+        log_figures(cfg.plots, history, model, tracked)
     val_losses = history["val_loss"]
     return float("inf") if diverged_at is not None or not val_losses else val_losses[-1][1]
+
+
+def accuracy_summary(val_acc):
+    """Best validation accuracy, its step and final - best: shows 'peaked, then fell'."""
+    if not val_acc:
+        return {}
+    best_step, best = max(val_acc, key=lambda point: point[1])
+    return {"best_val_acc": best, "best_val_acc_step": best_step,
+            "final_minus_best_val_acc": val_acc[-1][1] - best}
+
+
+def kernels(model):
+    """Weight matrices and conv kernels by variable path (biases and norm scales left out)."""
+    return {v.path: v.numpy() for v in model.trainable_variables if len(v.shape) > 1}
+
+
+def weight_summary(model):
+    """Per weight matrix: mean |w| and the share of |w| < 1e-3 (does L2 sparsify?)."""
+    summary = {}
+    for name, w in kernels(model).items():
+        magnitude = np.abs(w)
+        summary[f"weights/{name}/mean_abs"] = float(magnitude.mean())
+        summary[f"weights/{name}/small_share"] = float((magnitude < 1e-3).mean())
+    return summary
+
+
+def log_figures(cfg, history, model, tracked):
+    """The run's PNGs: curves (also without the first evaluations), gradient norms, weights."""
+    tracked.log_figure(plots.curves(history), "curves.png")
+    if cfg.skip_first > 0:
+        tracked.log_figure(plots.curves(history, skip_first=cfg.skip_first),
+                           f"curves_skip{cfg.skip_first}.png")
+    tracked.log_figure(plots.grad_norms(history), "grad_norms.png")
+    if history["var_norms"]:
+        tracked.log_figure(plots.grad_norms_per_variable(history), "grad_norms_per_variable.png")
+    tracked.log_figure(plots.weight_images(kernels(model)), "weights.png")
 
 
 def seed_everything(seed: int) -> None:
@@ -220,11 +253,14 @@ def fit(cfg, train_steps, evaluate, val, tracked) -> FitResult:
             keep = steps % cfg.log_every == 0
             tracked.log_series(name, steps[keep], values[keep])
         step += done
-        if done:
+        if done:  # per-variable norms of the interval's last step (seed 002's g-w1, g-b1, ...)
             names = train_steps.variable_names
-            history["var_norms"].append((step, dict(zip(names, var_norms[-1].tolist()))))
-            history["var_norms_clipped"].append(
-                (step, dict(zip(names, var_norms_clipped[-1].tolist()))))
+            before = dict(zip(names, var_norms[-1].tolist()))
+            after = dict(zip(names, var_norms_clipped[-1].tolist()))
+            history["var_norms"].append((step, before))
+            history["var_norms_clipped"].append((step, after))
+            tracked.log_metrics({**{f"grad_norm/{k}": v for k, v in before.items()},
+                                 **{f"grad_norm_clipped/{k}": v for k, v in after.items()}}, step)
         if done < k:
             diverged_at = step + 1
             break
