@@ -40,7 +40,23 @@ def kernel_initializer(cfg):
 
 
 def bias_initializer(cfg):
-    # Seed 003 draws biases like weights (np.random.rand); the others start them at a constant.
+    # Seed 003 draws biases like weights (np.random.rand); seed 001's second experiment draws
+    # them from a truncated normal around bias_init; the others start them at a constant.
     if cfg.init == "uniform":
         return _uniform(cfg)
+    std = getattr(cfg, "bias_init_std", 0.0)  # only models whose schema has the field
+    if std < 0:
+        raise ConfigError(f"model.bias_init_std: must be >= 0, got {std}; "
+                          "e.g. model.bias_init_std=0.1")
+    if std > 0:
+        return keras.initializers.TruncatedNormal(mean=cfg.bias_init, stddev=std)
     return keras.initializers.Constant(cfg.bias_init)
+
+
+def layer_init(cfg):
+    """Kernel and bias initialisers for one layer, as keyword arguments.
+
+    New instances per layer: an unseeded Keras 3 initialiser fixes its seed when constructed,
+    so one instance shared by several layers gives same-shaped variables identical values.
+    """
+    return dict(kernel_initializer=kernel_initializer(cfg), bias_initializer=bias_initializer(cfg))

@@ -2,7 +2,7 @@
 import keras
 from keras import layers
 
-from models.init import bias_initializer, kernel_initializer
+from models.init import layer_init
 from runner.config import ConfigError
 
 ACTIVATIONS = {"relu", "tanh", "sigmoid", "elu", "gelu"}
@@ -15,9 +15,9 @@ def build(cfg, info) -> keras.Model:
     if not cfg.hidden or min(cfg.hidden) <= 0:
         raise ConfigError(f"model.hidden: needs positive layer sizes, got {list(cfg.hidden)}; "
                           "e.g. model.hidden=[512,256]")
-    init = dict(kernel_initializer=kernel_initializer(cfg), bias_initializer=bias_initializer(cfg))
     stack = [keras.Input(info.input_shape), layers.Flatten(name="flatten")]
     for i, units in enumerate(cfg.hidden, start=1):
-        stack.append(layers.Dense(units, activation=cfg.activation, name=f"fc{i}", **init))
-    stack.append(layers.Dense(info.num_classes, name="logits", **init))
+        stack.append(layers.Dense(units, activation=cfg.activation, name=f"fc{i}",
+                                  **layer_init(cfg)))
+    stack.append(layers.Dense(info.num_classes, name="logits", **layer_init(cfg)))
     return keras.Sequential(stack, name="mlp")
