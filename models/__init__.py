@@ -2,11 +2,13 @@
 
 Each builder takes its own config node and the dataset's DataInfo (input shape, classes).
 """
-from models import lenet, mlp
+from models import alexnet, lenet, lstm_lm, mlp
 from runner.config import ConfigError
 
 MODELS = {
+    "alexnet": alexnet.build,
     "lenet": lenet.build,
+    "lstm_lm": lstm_lm.build,
     "mlp": mlp.build,
 }
 

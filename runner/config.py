@@ -54,6 +54,34 @@ class MLPConfig:
 
 
 @dataclass
+class AlexNetConfig:
+    name: str = "alexnet"
+    init: str = "truncated_normal"
+    init_mean: float = 0.0
+    init_std: float = 0.01
+    bias_init: float = 0.005
+    bias_init_std: float = 0.1  # > 0: biases ~ truncated normal(bias_init, bias_init_std)
+    input_size: int = 227  # 28x28 digits are resized to input_size^2 inside the model; >= 67
+    groups: int = 1  # 2: conv4/conv5 split into two channel groups (seed 001, experiment 5)
+    norm: str = "lrn"  # lrn | batch | none
+    dropout: float = 0.5
+    fc_units: int = 4096
+
+
+@dataclass
+class LSTMLMConfig:
+    # Zaremba et al.'s PTB word-level LM (seed 004); conf/model/lstm_{small,medium,large}.yaml
+    name: str = "lstm_lm"
+    size: str = "small"  # label only: small | medium | large (or your own)
+    layers: int = 2
+    hidden: int = 200  # LSTM units, also the embedding size
+    num_steps: int = 20  # unrolled steps per window (truncated backprop length)
+    keep_prob: float = 1.0  # dropout keeps this share on inputs, between layers, on outputs
+    init_scale: float = 0.1  # every weight uniform in [-init_scale, init_scale]
+    vocab_size: int = 10000  # cap: the most frequent train words, the rest become <unk>
+
+
+@dataclass
 class OptimizerConfig:
     name: str = MISSING  # sgd | momentum | adam | rmsprop
     lr: float = 0.01
@@ -147,7 +175,8 @@ class Config:
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
 
 
-MODEL_SCHEMAS = {"lenet": LeNetConfig, "mlp": MLPConfig}
+MODEL_SCHEMAS = {"lenet": LeNetConfig, "mlp": MLPConfig, "alexnet": AlexNetConfig,
+                 "lstm_lm": LSTMLMConfig}
 
 
 def register_configs() -> None:

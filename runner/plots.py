@@ -65,19 +65,19 @@ def grad_norms(history) -> Figure:
     return fig
 
 
-def sweep_comparison(histories) -> Figure:
-    """Every run of a sweep on one chart: validation loss and accuracy vs step."""
-    fig = Figure(figsize=(12, 4.6), layout="constrained")
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    for name, history in histories.items():
-        steps, values = _xy(history.get("val_loss", []))
-        (line,) = loss_ax.plot(steps, values, label=name, lw=1)
-        steps, values = _xy(history.get("val_acc", []))
-        acc_ax.plot(steps, values, label=name, lw=1, color=line.get_color())
-    loss_ax.set(xlabel="step", ylabel="validation loss", title="validation loss")
-    acc_ax.set(xlabel="step", ylabel="validation accuracy", title="validation accuracy",
-               ylim=(0, 1.02))
-    acc_ax.legend(fontsize="small", loc="lower right")
+def sweep_comparison(histories, keys=("val_loss", "val_acc")) -> Figure:
+    """Every run of a sweep on one chart per metric in `keys` (e.g. val_loss, val_acc)."""
+    fig = Figure(figsize=(6 * len(keys), 4.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(keys)))
+    for i, name in enumerate(histories):
+        for ax, key in zip(axes, keys):
+            steps, values = _xy(histories[name].get(key, []))
+            ax.plot(steps, values, label=name, lw=1, color=f"C{i % 10}")
+    for ax, key in zip(axes, keys):
+        ax.set(xlabel="epoch" if "perplexity" in key else "step", ylabel=key, title=key)
+        if key.endswith("acc"):
+            ax.set_ylim(0, 1.02)
+    axes[-1].legend(fontsize="small")
     return fig
 
 

@@ -265,12 +265,16 @@ def summarise_sweep(client: MlflowClient, parent: str) -> None:
         name = child.info.run_name
         histories[name] = {key: [(m.step, m.value) for m in
                                  client.get_metric_history(child.info.run_id, key)]
-                           for key in ("val_loss", "val_acc")}
+                           for key in ("val_loss", "val_acc", "valid_perplexity")}
         metrics = child.data.metrics
         rows.append({"run": name, "outcome": child.data.tags.get("outcome", "?"),
                      **{k: metrics[k] for k in ("val_loss", "val_acc", "test_acc",
+                                                "valid_perplexity", "test_perplexity",
                                                 "diverged_at_step") if k in metrics}})
     if histories:
-        client.log_figure(parent, plots.sweep_comparison(histories), "plots/sweep_curves.png")
+        language_model = not any(h["val_loss"] for h in histories.values())
+        keys = ("valid_perplexity",) if language_model else ("val_loss", "val_acc")
+        client.log_figure(parent, plots.sweep_comparison(histories, keys),
+                          "plots/sweep_curves.png")
     client.log_dict(parent, {"runs": rows}, "sweep_summary.json")
     client.set_tag(parent, "sweeplab.jobs", str(len(children)))

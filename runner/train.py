@@ -47,6 +47,10 @@ def loss_fn(cfg):
 def run(cfg) -> float:
     """Train, evaluate and track one configuration; return the last validation loss."""
     validate(cfg)
+    if cfg.model.name == "lstm_lm":  # seed 004: word sequences, carried state, perplexity
+        from runner.lm_train import run_language_model  # it imports from here: no cycle
+
+        return run_language_model(cfg)
     seed_everything(cfg.seed)
     splits = data.load(cfg.dataset, cfg.seed)
     if cfg.train.batch_size > len(splits.train.y):
@@ -145,7 +149,7 @@ def make_train_steps(cfg, model, opt, lr_at, train_split):
         if cursor + batch > n:  # epoch done: reshuffle
             order.assign(tf.argsort(rng.uniform([n])))
             cursor.assign(0)
-        idx = order[cursor:cursor + batch]
+        idx = tf.gather(order, cursor + tf.range(batch))  # a variable-bounded slice hangs XLA
         cursor.assign_add(batch)
         return tf.gather(x, idx), tf.gather(y, idx)
 
