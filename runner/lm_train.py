@@ -17,7 +17,6 @@ from collections import defaultdict
 
 import numpy as np
 import tensorflow as tf
-from matplotlib.figure import Figure
 
 import models
 from models.lstm_lm import state_shapes
@@ -72,7 +71,7 @@ def run_language_model(cfg) -> float:
             log.warning("diverged at step %d (loss is NaN/Inf): run stopped, marked diverged",
                         diverged_at)
         tracked.finish(final, outcome="ok" if diverged_at is None else "diverged")
-        tracked.log_figure(perplexity_curves(history, final.get("test_perplexity")),
+        tracked.log_figure(plots.perplexity_curves(history, final.get("test_perplexity")),
                            "perplexity.png")
         tracked.log_figure(plots.grad_norms(history), "grad_norms.png")
     valid_ppl = history["valid_perplexity"]
@@ -214,32 +213,3 @@ def fit(cfg, train_steps, epoch_size, valid, tracked):
             diverged_at = step
     tracked.flush()
     return history, diverged_at, seconds
-
-
-def perplexity_curves(history, test_perplexity=None) -> Figure:
-    """Train and valid perplexity per epoch (log scale), plus the per-word loss per step."""
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    ppl_ax, loss_ax = fig.subplots(1, 2)
-    for key, label, color in (("train_perplexity", "train", "tab:blue"),
-                              ("valid_perplexity", "valid", "tab:orange")):
-        points = [(e, v) for e, v in history.get(key, []) if math.isfinite(v)]
-        if points:
-            ppl_ax.plot(*zip(*points), marker=".", color=color, label=label)
-    if test_perplexity is not None and history.get("valid_perplexity"):
-        ppl_ax.plot([history["valid_perplexity"][-1][0]], [test_perplexity], marker="*",
-                    markersize=12, ls="", color="tab:red", label=f"test {test_perplexity:.1f}")
-    ppl_ax.set(xlabel="epoch", ylabel="perplexity", title="perplexity", yscale="log")
-    if ppl_ax.lines:
-        ppl_ax.legend()
-    if history.get("train_loss"):
-        steps, values = (np.asarray(v) for v in zip(*history["train_loss"]))
-        window = max(1, len(values) // 200)
-        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-        loss_ax.plot(steps, values, color="tab:blue", alpha=0.2, lw=0.6)
-        loss_ax.plot(steps[window - 1:], smooth, color="tab:blue", label="train loss per word")
-        lr_ax = loss_ax.twinx()
-        lr_ax.plot(*zip(*history["lr"]), color="tab:green", lw=1, label="lr")
-        lr_ax.set_ylabel("learning rate", color="tab:green")
-        loss_ax.legend(loc="upper right")
-    loss_ax.set(xlabel="step", ylabel="cross-entropy per word", title="training loss")
-    return fig
