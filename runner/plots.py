@@ -23,6 +23,14 @@ def _smooth(values, window):
     return np.convolve(values, kernel, mode="valid")
 
 
+def _log_if_wide(ax, *series) -> None:
+    """Log scale when positive values span over two decades (e.g. a loss starting at 1e8)."""
+    values = np.concatenate([np.asarray(v, dtype=float) for v in series if len(v)] or [[]])
+    values = values[np.isfinite(values)]
+    if len(values) and values.min() > 0 and values.max() / values.min() > 100:
+        ax.set_yscale("log")
+
+
 def curves(history, skip_first: int = 0) -> Figure:
     """Loss (train per step, smoothed; validation per eval) and validation accuracy vs step."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
@@ -37,6 +45,7 @@ def curves(history, skip_first: int = 0) -> Figure:
                      _smooth(train_loss, window), color="tab:blue", label="train loss")
     loss_ax.plot(val_steps, val_loss, color="tab:orange", marker=".", label="validation loss")
     loss_ax.set(xlabel="step", ylabel="loss", title="loss")
+    _log_if_wide(loss_ax, train_loss, val_loss)
     loss_ax.legend()
     acc_steps, val_acc = _xy(history.get("val_acc", []), skip_first)
     acc_ax.plot(acc_steps, val_acc, color="tab:green", marker=".", label="validation accuracy")
@@ -77,6 +86,8 @@ def sweep_comparison(histories, keys=("val_loss", "val_acc")) -> Figure:
         ax.set(xlabel="epoch" if "perplexity" in key else "step", ylabel=key, title=key)
         if key.endswith("acc"):
             ax.set_ylim(0, 1.02)
+        else:
+            _log_if_wide(ax, *[_xy(h.get(key, []))[1] for h in histories.values()])
     axes[-1].legend(fontsize="small")
     return fig
 
