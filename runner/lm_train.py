@@ -22,7 +22,7 @@ import models
 from models.lstm_lm import state_shapes
 from runner import clipping, optim, plots, ptb, regularizers, tracking
 from runner.config import ConfigError, validate
-from runner.train import seed_everything
+from runner.train import record_series, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +182,7 @@ def fit(cfg, train_steps, epoch_size, valid, tracked):
             started = time.perf_counter()
             done, series = train_steps(done_in_epoch, k)
             epoch_seconds += time.perf_counter() - started
-            steps = np.arange(step + 1, step + done + 1)
-            for name, values in series.items():
-                history[name].extend(zip(steps.tolist(), values.tolist()))
-                keep = steps % cfg.train.log_every == 0
-                tracked.log_series(name, steps[keep], values[keep])
+            record_series(history, tracked, series, step, cfg.train.log_every)
             losses.extend(series["train_loss"].tolist())
             step, done_in_epoch = step + done, done_in_epoch + done
             if done < k:

@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 
 # How the sweep callback hands the parent run to jobs (launchers start jobs after it ran).
 ENV_PARENT_RUN = "SWEEPLAB_PARENT_RUN_ID"
-ENV_EXPERIMENT = "SWEEPLAB_EXPERIMENT_ID"
 ENV_SWEEP_OVERRIDES = "SWEEPLAB_SWEEP_OVERRIDES"  # the sweep's command line, one per line
 TAG_SWEEP_DIR = "sweeplab.sweep_dir"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
@@ -221,13 +220,11 @@ class SweepCallback(Callback):
                                    tags={TAG_SWEEP_DIR: sweep_dir, "sweeplab.role": "sweep",
                                          "sweeplab.overrides": " ".join(overrides)})
         os.environ[ENV_PARENT_RUN] = parent.info.run_id
-        os.environ[ENV_EXPERIMENT] = exp_id
         os.environ[ENV_SWEEP_OVERRIDES] = "\n".join(overrides)
         log.info("MLflow sweep run %s in %s", parent.info.run_id, uri)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         parent = os.environ.pop(ENV_PARENT_RUN, None)
-        os.environ.pop(ENV_EXPERIMENT, None)
         os.environ.pop(ENV_SWEEP_OVERRIDES, None)
         if parent is not None:
             client = MlflowClient(tracking_uri=tracking_uri(config.mlflow))

@@ -71,10 +71,10 @@ def run(cfg) -> float:
 
     with tracking.TrackedRun(cfg, splits.info) as tracked:
         result = fit(cfg.train, train_steps, evaluate, splits.val, tracked)
-        history, diverged_at = result.history, result.diverged_at
+        history, diverged_at, weights = result.history, result.diverged_at, kernels(model)
         final = {"train_seconds": result.seconds,
                  "steps_per_second": result.steps / max(result.seconds, 1e-9),
-                 **accuracy_summary(history["val_acc"]), **weight_summary(model)}
+                 **accuracy_summary(history["val_acc"]), **weight_summary(weights)}
         if diverged_at is None:
             final["test_loss"], final["test_acc"] = evaluate(splits.test.x, splits.test.y)
             log.info("test loss %.4f, test acc %.4f", final["test_loss"], final["test_acc"])
@@ -83,7 +83,7 @@ def run(cfg) -> float:
             log.warning("diverged at step %d (loss is NaN/Inf): run stopped, marked diverged",
                         diverged_at)
         tracked.finish(final, outcome="ok" if diverged_at is None else "diverged")
-        log_figures(cfg.plots, history, model, tracked)
+        log_figures(cfg.plots, history, weights, tracked)
     val_losses = history["val_loss"]
     return float("inf") if diverged_at is not None or not val_losses else val_losses[-1][1]
 
@@ -102,17 +102,17 @@ def kernels(model):
     return {v.path: v.numpy() for v in model.trainable_variables if len(v.shape) > 1}
 
 
-def weight_summary(model):
+def weight_summary(weights):
     """Per weight matrix: mean |w| and the share of |w| < 1e-3 (does L2 sparsify?)."""
     summary = {}
-    for name, w in kernels(model).items():
+    for name, w in weights.items():
         magnitude = np.abs(w)
         summary[f"weights/{name}/mean_abs"] = float(magnitude.mean())
         summary[f"weights/{name}/small_share"] = float((magnitude < 1e-3).mean())
     return summary
 
 
-def log_figures(cfg, history, model, tracked):
+def log_figures(cfg, history, weights, tracked):
     """The run's PNGs: curves (also without the first evaluations), gradient norms, weights."""
     tracked.log_figure(plots.curves(history), "curves.png")
     if cfg.skip_first > 0:
@@ -121,7 +121,7 @@ def log_figures(cfg, history, model, tracked):
     tracked.log_figure(plots.grad_norms(history), "grad_norms.png")
     if history["var_norms"]:
         tracked.log_figure(plots.grad_norms_per_variable(history), "grad_norms_per_variable.png")
-    tracked.log_figure(plots.weight_images(kernels(model)), "weights.png")
+    tracked.log_figure(plots.weight_images(weights), "weights.png")
 
 
 def seed_everything(seed: int) -> None:
@@ -223,6 +223,15 @@ def eval_window(val, size, index):
     return val.x[idx], val.y[idx]
 
 
+def record_series(history, tracked, series, first_step, log_every):
+    """Per-step values of one compiled call (steps first_step+1...) into history and MLflow."""
+    for name, values in series.items():
+        steps = np.arange(first_step + 1, first_step + len(values) + 1)
+        history[name].extend(zip(steps.tolist(), values.tolist()))
+        keep = steps % log_every == 0
+        tracked.log_series(name, steps[keep], values[keep])
+
+
 @dataclass
 class FitResult:
     history: dict  # metric name -> [(step, value)]; var_norms* -> [(step, {variable: norm})]
@@ -251,11 +260,7 @@ def fit(cfg, train_steps, evaluate, val, tracked) -> FitResult:
         started = time.perf_counter()
         done, series, (var_norms, var_norms_clipped) = train_steps(k)
         seconds += time.perf_counter() - started
-        steps = np.arange(step + 1, step + done + 1)
-        for name, values in series.items():
-            history[name].extend(zip(steps.tolist(), values.tolist()))
-            keep = steps % cfg.log_every == 0
-            tracked.log_series(name, steps[keep], values[keep])
+        record_series(history, tracked, series, step, cfg.log_every)
         step += done
         if done:  # per-variable norms of the interval's last step (seed 002's g-w1, g-b1, ...)
             names = train_steps.variable_names
