@@ -1,4 +1,7 @@
-"""Command line: `python -m runner` / `sweeplab`. Hydra parses overrides and sweeps."""
+"""Command line: `python -m runner` / `sweeplab`. Hydra parses overrides and sweeps.
+
+One job: validate the config once (before TensorFlow loads), pick its task, run it.
+"""
 import os
 import sys
 
@@ -9,28 +12,46 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from runner import sweep, tasks  # noqa: E402
 from runner.config import ConfigError, register_configs, validate  # noqa: E402
+from runner.tracking import JobContext  # noqa: E402
 
 register_configs()
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
-# Left in a job's output folder when its config was rejected; the sweep callback counts them.
-CONFIG_ERROR_MARKER = "CONFIG_ERROR"
+
+
+def job_context() -> JobContext:
+    """This job's overrides, log file and (in a sweep) parent run, from Hydra's job config."""
+    if not HydraConfig.initialized():
+        return JobContext()
+    hydra_cfg = HydraConfig.get()
+    parent, common = sweep.job_sweep_context()
+    log_file = os.path.join(hydra_cfg.runtime.output_dir, f"{hydra_cfg.job.name}.log")
+    return JobContext(overrides=tuple(hydra_cfg.overrides.task), parent_run_id=parent,
+                      common_overrides=tuple(common), log_file=log_file)
+
+
+def run_task(cfg, job: JobContext) -> float:
+    """Hand a validated config to its task."""
+    # Imported here, after validation, so that `--help` and a bad value answer in a second
+    # instead of waiting for TensorFlow to load.
+    if tasks.spec_for(cfg.model) is tasks.LANGUAGE_MODEL:
+        from runner.tasks import language_model as task
+    else:
+        from runner.tasks import image as task
+    return task.run(cfg, job)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
-        validate(cfg)  # before TensorFlow loads: a typo costs a second, not ten
-        from runner.train import run  # imported late so `--help` and bad values stay fast
-
-        return run(cfg)
+        validate(cfg)
+        return run_task(cfg, job_context())
     except ConfigError as err:
         # One line naming the option and the fix; no traceback for a user's typo.
         print(f"sweeplab: error: {err}", file=sys.stderr, flush=True)
-        hydra_cfg = HydraConfig.get()
-        if hydra_cfg.mode.name != "MULTIRUN":
+        if not sweep.in_multirun():
             sys.exit(2)
         # In a sweep, the other jobs still run; the sweep exits non-zero at the end.
-        with open(os.path.join(hydra_cfg.runtime.output_dir, CONFIG_ERROR_MARKER), "w") as f:
-            f.write(f"{err}\n")
+        sweep.mark_rejected(str(err))
         return float("nan")

@@ -1,26 +1,22 @@
-"""MLflow only: one tracking store per sweep, a parent run per sweep, a child run per job.
+"""One job's MLflow run: params, batched metrics, artifacts, status. Knows nothing of Hydra.
 
 Everything goes through an explicit MlflowClient (no fluent global state), so parallel jobs
-and the sweep callback never step on each other's "active run".
+and the sweep callback never step on each other's "active run". What a run needs to know about
+the job that produced it (overrides, its sweep's parent run, its log file) comes in as a
+`JobContext` (built by the CLI, or by a launcher that runs several jobs in one process).
 """
 import logging
 import os
-import sys
 import time
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 
-# How the sweep callback hands the parent run to jobs (launchers start jobs after it ran).
-ENV_PARENT_RUN = "SWEEPLAB_PARENT_RUN_ID"
-ENV_SWEEP_OVERRIDES = "SWEEPLAB_SWEEP_OVERRIDES"  # the sweep's command line, one per line
-TAG_SWEEP_DIR = "sweeplab.sweep_dir"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 MAX_PARAMS_PER_BATCH = 100
 FLUSH_SECONDS = 5.0  # metrics reach the store at least this often, so the UI shows progress
@@ -76,10 +72,6 @@ def flatten(node, prefix: str = "") -> Dict[str, str]:
     return flat
 
 
-def job_overrides() -> List[str]:
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
 def run_name(overrides: List[str], common: List[str] = ()) -> str:
     """Readable from what this job changed, e.g. 'lr=0.005,clipping=value'.
 
@@ -92,34 +84,23 @@ def run_name(overrides: List[str], common: List[str] = ()) -> str:
     return ",".join(shown) or (experiment[0] if experiment else "run")
 
 
-def _sweep_dir() -> Optional[str]:
-    if not HydraConfig.initialized():
-        return None
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode is None or hydra_cfg.mode.name != "MULTIRUN":
-        return None
-    return os.path.abspath(hydra_cfg.sweep.dir)
-
-
-def _parent_run(client: MlflowClient, exp_id: str) -> Optional[str]:
-    """The sweep's parent run: from the environment, or (remote launchers) by sweep-dir tag."""
-    sweep_dir = _sweep_dir()
-    if sweep_dir is None:
-        return None  # a single run is a plain run
-    if os.environ.get(ENV_PARENT_RUN):
-        return os.environ[ENV_PARENT_RUN]
-    found = client.search_runs([exp_id], f"tags.`{TAG_SWEEP_DIR}` = '{sweep_dir}'",
-                               max_results=1, order_by=["attributes.start_time ASC"])
-    return found[0].info.run_id if found else None
-
-
 # ---------------------------------------------------------------- one job's run
+
+@dataclass(frozen=True)
+class JobContext:
+    """Who ran this job: its overrides and, in a sweep, the parent run it belongs to."""
+    overrides: Sequence[str] = ()  # this job's command-line overrides
+    parent_run_id: Optional[str] = None  # the sweep's parent run; None for a single run
+    common_overrides: Sequence[str] = ()  # shared by every job of the sweep (not in the name)
+    log_file: Optional[str] = None  # the job's own log, logged as an artifact at the end
+    extra_tags: Dict[str, str] = None  # e.g. how the job was launched
+
 
 class TrackedRun:
     """A job's MLflow run: params and config on entry, batched metrics, status on exit."""
 
-    def __init__(self, cfg, info):
-        self.cfg, self.info = cfg, info
+    def __init__(self, cfg, job: JobContext, tags: Dict[str, str]):
+        self.cfg, self.job, self.tags = cfg, job, tags
         self.pending: List[Metric] = []
         self.last_flush = time.monotonic()
 
@@ -127,16 +108,17 @@ class TrackedRun:
         uri = tracking_uri(self.cfg.mlflow)
         self.client = MlflowClient(tracking_uri=uri)
         exp_id = experiment_id(self.client, self.cfg.mlflow, uri)
-        overrides = job_overrides()
-        tags = {"sweeplab.overrides": " ".join(overrides) or "(none)",
-                "dataset.source": self.info.source, "outcome": "running"}
-        parent = _parent_run(self.client, exp_id)
+        overrides = list(self.job.overrides)
+        tags = {"sweeplab.overrides": " ".join(overrides) or "(none)", "outcome": "running",
+                **self.tags, **(self.job.extra_tags or {})}
+        parent = self.job.parent_run_id
         if parent:
             tags["mlflow.parentRunId"] = parent
             tags["sweeplab.sweep_id"] = parent
-        common = os.environ.get(ENV_SWEEP_OVERRIDES, "").splitlines() if parent else []
-        run = self.client.create_run(exp_id, run_name=run_name(overrides, common), tags=tags)
-        self.run_id = run.info.run_id
+        run = self.client.create_run(exp_id, run_name=run_name(overrides,
+                                                               self.job.common_overrides),
+                                     tags=tags)
+        self.run_id, self.name = run.info.run_id, run.info.run_name
         params = [Param(k, v[:6000]) for k, v in
                   flatten(OmegaConf.to_container(self.cfg, resolve=True)).items()]
         for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
@@ -146,6 +128,12 @@ class TrackedRun:
         self.client.log_text(self.run_id, "\n".join(overrides) + "\n", "overrides.txt")
         log.info("MLflow run %s (%s) in %s", run.info.run_name, self.run_id, uri)
         return self
+
+    def log_derived(self, values: Dict[str, object]) -> None:
+        """Numbers computed from the config (e.g. total steps from epochs), as `derived.*`
+        params: the config params stay exactly what the user composed."""
+        self.client.log_batch(self.run_id, params=[Param(f"derived.{k}", str(v))
+                                                   for k, v in values.items()])
 
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -192,86 +180,6 @@ class TrackedRun:
         return False
 
     def _log_job_log(self) -> None:
-        """The job's own log file (progress lines), if Hydra wrote one."""
-        if not HydraConfig.initialized():
-            return
-        hydra_cfg = HydraConfig.get()
-        path = os.path.join(hydra_cfg.runtime.output_dir, f"{hydra_cfg.job.name}.log")
-        if os.path.isfile(path):
-            self.client.log_artifact(self.run_id, path)
-
-
-# ---------------------------------------------------------------- the sweep's parent run
-
-class SweepCallback(Callback):
-    """Creates the experiment and the parent run before any job starts, closes it after.
-
-    Jobs of a parallel launcher would otherwise race to create the sqlite store (a fresh
-    sqlite DB corrupts under parallel first access) and could not agree on a parent.
-    """
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        uri = tracking_uri(config.mlflow)
-        client = MlflowClient(tracking_uri=uri)
-        exp_id = experiment_id(client, config.mlflow, uri)
-        sweep_dir = os.path.abspath(config.hydra.sweep.dir)
-        overrides = list(config.hydra.overrides.task)
-        parent = client.create_run(exp_id, run_name=f"sweep {' '.join(overrides) or '(defaults)'}",
-                                   tags={TAG_SWEEP_DIR: sweep_dir, "sweeplab.role": "sweep",
-                                         "sweeplab.overrides": " ".join(overrides)})
-        os.environ[ENV_PARENT_RUN] = parent.info.run_id
-        os.environ[ENV_SWEEP_OVERRIDES] = "\n".join(overrides)
-        log.info("MLflow sweep run %s in %s", parent.info.run_id, uri)
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        parent = os.environ.pop(ENV_PARENT_RUN, None)
-        os.environ.pop(ENV_SWEEP_OVERRIDES, None)
-        if parent is not None:
-            client = MlflowClient(tracking_uri=tracking_uri(config.mlflow))
-            try:
-                summarise_sweep(client, parent)
-            finally:
-                client.set_terminated(parent, "FINISHED")
-        rejected = rejected_jobs(os.path.abspath(config.hydra.sweep.dir))
-        if rejected:
-            print(f"sweeplab: error: {len(rejected)} job(s) of this sweep were rejected for "
-                  f"bad config values (see the lines above): {', '.join(rejected)}",
-                  file=sys.stderr, flush=True)
-            sys.exit(2)
-
-
-def rejected_jobs(sweep_dir: str) -> List[str]:
-    """Job folders where the CLI left a config-error marker."""
-    from runner.cli import CONFIG_ERROR_MARKER
-
-    if not os.path.isdir(sweep_dir):
-        return []
-    return sorted(name for name in os.listdir(sweep_dir)
-                  if os.path.isfile(os.path.join(sweep_dir, name, CONFIG_ERROR_MARKER)))
-
-
-def summarise_sweep(client: MlflowClient, parent: str) -> None:
-    """Overlay every child's curves on the parent run, plus a table of final numbers."""
-    from runner import plots
-
-    exp_id = client.get_run(parent).info.experiment_id
-    children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent}'",
-                                  order_by=["attributes.start_time ASC"], max_results=1000)
-    histories, rows = {}, []
-    for child in children:
-        name = child.info.run_name
-        histories[name] = {key: [(m.step, m.value) for m in
-                                 client.get_metric_history(child.info.run_id, key)]
-                           for key in ("val_loss", "val_acc", "valid_perplexity")}
-        metrics = child.data.metrics
-        rows.append({"run": name, "outcome": child.data.tags.get("outcome", "?"),
-                     **{k: metrics[k] for k in ("val_loss", "val_acc", "test_acc",
-                                                "valid_perplexity", "test_perplexity",
-                                                "diverged_at_step") if k in metrics}})
-    if histories:
-        language_model = not any(h["val_loss"] for h in histories.values())
-        keys = ("valid_perplexity",) if language_model else ("val_loss", "val_acc")
-        client.log_figure(parent, plots.sweep_comparison(histories, keys),
-                          "plots/sweep_curves.png")
-    client.log_dict(parent, {"runs": rows}, "sweep_summary.json")
-    client.set_tag(parent, "sweeplab.jobs", str(len(children)))
+        """The job's own log file (progress lines), if it wrote one."""
+        if self.job.log_file and os.path.isfile(self.job.log_file):
+            self.client.log_artifact(self.run_id, self.job.log_file)

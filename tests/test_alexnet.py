@@ -16,7 +16,8 @@ from conftest import ROOT, compose_cfg
 from models.alexnet import MIN_INPUT_SIZE, LocalResponseNorm, pool5_side
 from runner import data
 from runner.config import ConfigError
-from runner.train import loss_fn, seed_everything
+from runner.loop import seed_everything
+from runner.tasks.image import loss_fn
 
 INFO = data.DataInfo(input_shape=(28, 28, 1), num_classes=10, source="test")
 SMALL = ("model.input_size=67", "model.fc_units=64")

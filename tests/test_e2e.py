@@ -165,7 +165,8 @@ def test_same_seed_same_curve_different_seed_different_curve(tmp_path):
     from hydra import compose, initialize_config_dir
 
     from runner.config import register_configs
-    from runner.train import run
+    from runner.tasks.image import run
+    from runner.tracking import JobContext
 
     register_configs()
     store = f"sqlite:///{tmp_path}/mlflow.db"
@@ -174,7 +175,7 @@ def test_same_seed_same_curve_different_seed_different_curve(tmp_path):
         with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
             cfg = compose("config", overrides=["model=mlp", "model.hidden=[32]", f"seed={seed}",
                                                f"mlflow.tracking_uri={store}", *TINY])
-        run(cfg)
+        run(cfg, JobContext())
         client, runs = runs_of(store)
         latest = max(runs, key=lambda r: r.info.start_time)
         return [(m.step, m.value) for m in

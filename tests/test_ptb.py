@@ -13,7 +13,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from runner import ptb
-from runner.config import ConfigError, register_configs
+from runner.config import ConfigError, register_configs, validate
+from runner.tasks import language_model
+from runner.tracking import JobContext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 register_configs()
@@ -184,7 +186,7 @@ def test_evaluation_carries_state_so_the_window_length_does_not_matter():
     import keras
 
     import models
-    from runner.lm_train import make_perplexity
+    from runner.tasks.language_model import make_perplexity
 
     keras.utils.set_random_seed(2)
     info = SimpleNamespace(vocab_size=20)
@@ -239,14 +241,12 @@ def only_run(cfg):
 
 
 def test_two_epochs_on_a_tiny_corpus_track_perplexities_and_speed(tmp_path, store):
-    from runner.lm_train import run_language_model
-
     cfg = tiny_run_cfg(tmp_path, store)
-    valid = run_language_model(cfg)
+    valid = language_model.run(cfg, JobContext())
     client, run = only_run(cfg)
     assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "ok"
     assert run.data.params["model.name"] == "lstm_lm" and run.data.params["train.epochs"] == "2"
-    epoch_size = int(run.data.params["train.steps"]) // 2
+    epoch_size = int(run.data.params["derived.steps"]) // 2
     assert epoch_size == (len(ptb.load(cfg.dataset).train) // 4 - 1) // 5
 
     def history(key):
@@ -272,33 +272,28 @@ def test_two_epochs_on_a_tiny_corpus_track_perplexities_and_speed(tmp_path, stor
 
 
 def test_divergence_stops_the_run_and_marks_it(tmp_path, store):
-    from runner.lm_train import run_language_model
-
     cfg = tiny_run_cfg(tmp_path, store, "optimizer.lr=1e38", "clipping=none")
-    assert run_language_model(cfg) == float("inf")
+    assert language_model.run(cfg, JobContext()) == float("inf")
     client, run = only_run(cfg)
     assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "diverged"
     # Caught inside the compiled loop (not only by the end-of-epoch validation).
     diverged_at = run.data.metrics["diverged_at_step"]
-    assert 1 <= diverged_at < int(run.data.params["train.steps"]) // 2
+    assert 1 <= diverged_at < int(run.data.params["derived.steps"]) // 2
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
     assert max(steps) == diverged_at - 1  # the NaN/Inf step is neither applied nor logged
     assert "test_perplexity" not in run.data.metrics
 
 
 def test_the_language_model_needs_the_ptb_dataset():
-    from runner.lm_train import run_language_model
-
     cfg = compose_cfg("experiment=ptb_lstm", "dataset=mnist_5k")
-    with pytest.raises(ConfigError, match="dataset.name.*dataset=ptb"):
-        run_language_model(cfg)
+    with pytest.raises(ConfigError, match="dataset=ptb"):
+        validate(cfg)
 
 
 def test_same_seed_same_losses_with_dropout():
     import models
     from runner import optim
-    from runner.lm_train import make_train_steps
-    from runner.train import seed_everything
+    from runner.loop import Variant, make_train_steps, seed_everything
 
     cfg = compose_cfg("experiment=ptb_lstm", "model.hidden=8", "model.num_steps=5",
                       "model.keep_prob=0.5", "train.batch_size=3", "train.eval_every=6")
@@ -309,9 +304,12 @@ def test_same_seed_same_losses_with_dropout():
         seed_everything(seed)
         model = models.build(cfg.model, SimpleNamespace(vocab_size=15))
         lr_at = optim.schedule(cfg.lr_schedule, cfg.optimizer.lr, len(x), 100)
-        train_steps = make_train_steps(cfg, model, optim.optimizer(cfg.optimizer, lr_at), lr_at,
-                                       x, y)
-        return train_steps(0, 6)[1]["train_loss"].tolist()
+        state = language_model.CarriedState(cfg.model, cfg.train.batch_size)
+        variant = Variant(model, optim.optimizer(cfg.optimizer, lr_at), lr_at, cfg.clipping,
+                          cfg.regularizer, language_model.Windows(x, y),
+                          language_model.objective(cfg.train, state, cfg.model.num_steps))
+        train_steps = make_train_steps([variant], capacity=6)
+        return train_steps(6)[0].series["train_loss"].tolist()
 
     first = losses(3)
     assert first == losses(3) and first != losses(4)

@@ -1,0 +1,150 @@
+"""The sweep: its MLflow parent run, what every job needs to find it, and the sweep summary.
+
+A Hydra callback creates the parent run before any job starts and ships its id with every
+job through Hydra's own job config (`hydra.job.env_set`, which every launcher — basic, joblib,
+Ray, submitit — composes into each job's config and applies in the process that runs it), so a
+job on a remote worker finds its parent without inheriting the launcher's environment or
+searching tags. The sweep dir is made absolute the same way, so a worker whose working
+directory differs still writes under the sweep dir the user named.
+"""
+import json
+import logging
+import os
+import sys
+from typing import List, Optional
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf, open_dict, read_write
+
+from runner import tracking
+from runner.tasks import spec_of_run
+
+log = logging.getLogger(__name__)
+
+# Shipped with every job of a sweep (hydra.job.env_set); read by `job_sweep_context`.
+ENV_PARENT_RUN = "SWEEPLAB_PARENT_RUN_ID"
+ENV_SWEEP_OVERRIDES = "SWEEPLAB_SWEEP_OVERRIDES"  # JSON list: the overrides every job shares
+TAG_SWEEP_DIR = "sweeplab.sweep_dir"
+TAG_ROLE = "sweeplab.role"
+# Left in a job's output folder when its config was rejected; the sweep counts them at the end.
+CONFIG_ERROR_MARKER = "CONFIG_ERROR"
+
+
+def _quoted(value: str) -> str:
+    """A Hydra override value that survives the override grammar (spaces, commas, quotes)."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _ship_with_every_job(config, overrides: List[str]) -> None:
+    """Add hydra overrides that the launcher applies when it composes each job's config."""
+    with read_write(config.hydra.overrides):
+        config.hydra.overrides.hydra.extend(overrides)
+
+
+def common_overrides(task_overrides: List[str]) -> List[str]:
+    """The command line's overrides that do not sweep (no `a,b` list, no range/choice)."""
+    parsed = OverridesParser.create().parse_overrides(task_overrides)
+    return [o.input_line for o in parsed if not o.is_sweep_override()]
+
+
+class SweepCallback(Callback):
+    """Creates the experiment and the parent run before any job starts, closes it after."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        uri = tracking.tracking_uri(config.mlflow)
+        client = MlflowClient(tracking_uri=uri)
+        exp_id = tracking.experiment_id(client, config.mlflow, uri)
+        sweep_dir = os.path.abspath(config.hydra.sweep.dir)
+        overrides = list(config.hydra.overrides.task)
+        parent = client.create_run(exp_id, run_name=f"sweep {' '.join(overrides) or '(defaults)'}",
+                                   tags={TAG_SWEEP_DIR: sweep_dir, TAG_ROLE: "sweep",
+                                         "sweeplab.overrides": " ".join(overrides)})
+        parent_id = parent.info.run_id
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.sweep.dir = sweep_dir  # where the launcher creates the sweep folder
+        _ship_with_every_job(config, [
+            f"hydra.sweep.dir={_quoted(sweep_dir)}",
+            f"++hydra.job.env_set.{ENV_PARENT_RUN}={parent_id}",
+            f"++hydra.job.env_set.{ENV_SWEEP_OVERRIDES}="
+            f"{_quoted(json.dumps(common_overrides(overrides)))}",
+        ])
+        self.parent_id = parent_id
+        log.info("MLflow sweep run %s in %s", parent_id, uri)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        client = MlflowClient(tracking_uri=tracking.tracking_uri(config.mlflow))
+        parent = getattr(self, "parent_id", None)
+        if parent is not None:
+            try:
+                summarise_sweep(client, parent)
+            finally:
+                client.set_terminated(parent, "FINISHED")
+        rejected = rejected_jobs(os.path.abspath(config.hydra.sweep.dir))
+        if rejected:
+            print(f"sweeplab: error: {len(rejected)} job(s) of this sweep were rejected for "
+                  f"bad config values (see the lines above): {', '.join(rejected)}",
+                  file=sys.stderr, flush=True)
+            sys.exit(2)
+
+
+def job_sweep_context() -> tuple:
+    """(parent run id, the sweep's shared overrides) for the running job; (None, []) alone."""
+    if not HydraConfig.initialized():
+        return None, []
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode is None or hydra_cfg.mode.name != "MULTIRUN":
+        return None, []
+    shipped = hydra_cfg.job.env_set
+    parent = shipped.get(ENV_PARENT_RUN) or os.environ.get(ENV_PARENT_RUN)
+    common = json.loads(shipped.get(ENV_SWEEP_OVERRIDES) or "[]")
+    return parent, common
+
+
+def mark_rejected(message: str) -> None:
+    """Leave the config-error marker in this job's folder (the sweep reports it at the end)."""
+    path = os.path.join(HydraConfig.get().runtime.output_dir, CONFIG_ERROR_MARKER)
+    with open(path, "w") as f:
+        f.write(f"{message}\n")
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+
+
+def rejected_jobs(sweep_dir: str) -> List[str]:
+    """Job folders where the CLI left a config-error marker."""
+    if not os.path.isdir(sweep_dir):
+        return []
+    return sorted(name for name in os.listdir(sweep_dir)
+                  if os.path.isfile(os.path.join(sweep_dir, name, CONFIG_ERROR_MARKER)))
+
+
+def summarise_sweep(client: MlflowClient, parent: str) -> None:
+    """Overlay every child's curves on the parent run, plus a table of final numbers.
+
+    Each child names its task (tag `sweeplab.task`); the task says which curves and final
+    metrics its runs are compared on.
+    """
+    from runner import plots  # matplotlib only when a sweep ends, not for every job's import
+
+    exp_id = client.get_run(parent).info.experiment_id
+    children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent}'",
+                                  order_by=["attributes.start_time ASC"], max_results=1000)
+    histories, rows, spec = {}, [], None
+    for child in children:
+        spec = spec_of_run(child.data.tags)
+        name = child.info.run_name
+        histories[name] = {key: [(m.step, m.value) for m in
+                                 client.get_metric_history(child.info.run_id, key)]
+                           for key in spec.curves}
+        metrics = child.data.metrics
+        rows.append({"run": name, "outcome": child.data.tags.get("outcome", "?"),
+                     **{k: metrics[k] for k in spec.final if k in metrics}})
+    if histories:
+        client.log_figure(parent, plots.sweep_comparison(histories, spec.curves),
+                          "plots/sweep_curves.png")
+    client.log_dict(parent, {"runs": rows}, "sweep_summary.json")
+    client.set_tag(parent, "sweeplab.jobs", str(len(children)))
