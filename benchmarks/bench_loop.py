@@ -4,7 +4,7 @@ Workload (seed 000): LeNet (61,706 params), Adam lr 0.01, batch 8, `--steps` upd
 (default 1000) on the bundled MNIST 5k digits (`dataset=mnist_5k`, 3,600 training images).
 The config is composed from the real Hydra tree (`experiment=lenet_clip dataset=mnist_5k`),
 the data comes from `runner.data.load`, the model from `models.build`, the optimizer and its
-lr schedule from `runner.optim`, exactly as `runner.train.run` builds them. Every variant
+lr schedule from `runner.optim`, exactly as `runner.tasks.image` builds them. Every variant
 starts from a fresh model and optimizer after `seed_everything(cfg.seed)`.
 
 Variants (all do the same number of Adam updates on batches of 8):
@@ -14,7 +14,9 @@ Variants (all do the same number of Adam updates on batches of 8):
                     times from Python; batches are still sliced in numpy and fed in.
   fused minimal     one tf.function runs 10 steps per call (tf.range loop, batch indices
                     drawn on the graph); no statistics, returns only the last loss.
-  sweeplab k=...    `runner.train.make_train_steps(...)` called like `runner.train.fit`:
+  sweeplab k=...    the engine, `runner.loop.make_train_steps([variant], ...)` with the
+                    variant built by `runner.tasks.image.build_variant`, called like
+                    `runner.tasks.image.fit` calls it:
                     k = train.eval_every steps per call. On top of the minimal fused loop it
                     computes per-variable and global gradient norms, clips (clipping=none
                     or clipping=value with [-0.001, 0.001]), guards against NaN/Inf and
@@ -24,7 +26,7 @@ Variants (all do the same number of Adam updates on batches of 8):
                     killed after --jit-timeout seconds, reported as "timeout" then.
                     XLA-compiling the loop has hung for >10 minutes on a 2-core machine;
                     the trigger is the slice with a variable start and end,
-                    `order[cursor:cursor + batch]`, in make_train_steps' next_batch.
+                    `order[cursor:cursor + batch]`, now a gather in runner.tasks.image.ShuffledBatches.
 
 What is timed (time.perf_counter, wall clock): only the training calls -- for the fused
 variants the Python call of the compiled function including the conversion of its outputs
@@ -72,9 +74,10 @@ import tensorflow as tf  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 import models  # noqa: E402
-from runner import data, optim, train  # noqa: E402
+from runner import data, optim  # noqa: E402
 from runner.config import register_configs, validate  # noqa: E402
-from runner.train import make_train_steps, seed_everything  # noqa: E402
+from runner.loop import make_train_steps, seed_everything  # noqa: E402
+from runner.tasks import image  # noqa: E402
 
 REFERENCE = "sweeplab-k10-none"
 JIT = "sweeplab-k10-none-jit"
@@ -94,7 +97,7 @@ def compose_cfg(steps, overrides=()):
 
 
 def fresh_model_and_optimizer(cfg, splits):
-    """Model, lr schedule and optimizer exactly as runner.train.run builds them."""
+    """Model, lr schedule and optimizer exactly as runner.tasks.image builds them."""
     keras.backend.clear_session()  # drop the previous variant's graphs and layer-name counters
     gc.collect()
     seed_everything(cfg.seed)
@@ -106,9 +109,7 @@ def fresh_model_and_optimizer(cfg, splits):
 
 def data_loss_for(cfg):
     """(labels, logits) -> scalar loss, the same function sweeplab's loop minimises."""
-    if hasattr(train, "loss_fn"):  # runner.train >= train.loss_reduction
-        return train.loss_fn(cfg.train)
-    return train.LOSSES[cfg.train.loss]
+    return image.loss_fn(cfg.train)
 
 
 class NumpyBatches:
@@ -200,19 +201,24 @@ def loop_fused_minimal(cfg, splits, steps, per_call=10):
 
 
 def loop_sweeplab(cfg, splits, steps):
-    """runner.train.make_train_steps, called the way runner.train.fit calls it."""
-    model, opt, lr_at = fresh_model_and_optimizer(cfg, splits)
-    train_steps = make_train_steps(cfg, model, opt, lr_at, splits.train)
+    """The engine with one variant built by the image task, called the way its fit calls it."""
+    keras.backend.clear_session()  # drop the previous variant's graphs and layer-name counters
+    gc.collect()
+    plan = image.plan(cfg.train, len(splits.train.y))
+    batches = image.ShuffledBatches(splits.train, cfg.train.batch_size, cfg.seed)
+    variant = image.build_variant(cfg, splits, plan, batches)
+    train_steps = make_train_steps([variant], capacity=cfg.train.eval_every,
+                                   jit_compile=cfg.train.jit_compile)
     calls, loss, step = [], None, 0
     while step < steps:
         k = min(cfg.train.eval_every, steps - step)
         started = time.perf_counter()
-        done, series, _ = train_steps(k)
-        calls.append((done, time.perf_counter() - started))
-        step += done
-        if done:
-            loss = float(series["train_loss"][-1])
-        if done < k:  # diverged: fit would stop here too
+        (interval,) = train_steps(k)
+        calls.append((interval.applied, time.perf_counter() - started))
+        step += interval.applied
+        if interval.applied:
+            loss = float(interval.series["train_loss"][-1])
+        if interval.diverged:  # fit would stop here too
             break
     return calls, loss
 

@@ -1,12 +1,20 @@
-"""Shared test helpers: the project's Hydra config directory and a compose helper."""
+"""Shared test helpers: compose the project's config, run the real CLI in a tmp dir, read the
+MLflow store it wrote, and write a tiny PTB-style corpus."""
+import os
+import random
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 
 from runner.config import register_configs
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
+# A budget that exercises training, evaluation and tracking in seconds.
+TINY = ("train.steps=30", "train.eval_every=10", "train.eval_size=50")
 
 register_configs()
 
@@ -15,3 +23,54 @@ def compose_cfg(*overrides, config_dir=CONF_DIR):
     """The real `config` composed with `overrides`, as `python -m runner OVERRIDES` sees it."""
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         return compose("config", overrides=list(overrides))
+
+
+def cli_env(cwd, **extra):
+    """The CLI's environment in a test: this checkout first, no user Keras cache."""
+    return dict(os.environ, PYTHONPATH=str(ROOT), KERAS_HOME=str(Path(cwd) / "keras_home"),
+                **extra)
+
+
+def run_cli(args, cwd, store=None, timeout=600):
+    """`python -m runner ARGS` in `cwd`; returns the CompletedProcess (never raises)."""
+    if store:
+        args = [*args, f"mlflow.tracking_uri={store}"]
+    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=cli_env(cwd),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def runs_of(store, experiment="sweeplab"):
+    """(client, every run of `experiment`) in the store at `store`."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no experiment {experiment!r}: nothing was tracked"
+    return client, client.search_runs([found.experiment_id], max_results=1000)
+
+
+def children_of(runs):
+    """{run name: run} for the runs that belong to a sweep."""
+    return {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A fresh sqlite MLflow store in the test's tmp dir."""
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def tiny_corpus(directory):
+    """ptb.{train,valid,test}.txt from a small grammar: learnable, perplexity stays above 1."""
+    rng = random.Random(0)
+    subjects, verbs = ["the cat", "a dog", "the big bird", "my friend"], ["saw", "ate", "liked"]
+    objects = ["the fish", "a red ball", "some bread", "the house"]
+
+    def text(lines):
+        return "".join(f" {rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)} \n"
+                       for _ in range(lines))
+    os.makedirs(directory, exist_ok=True)
+    for name, lines in (("ptb.train.txt", 300), ("ptb.valid.txt", 40), ("ptb.test.txt", 40)):
+        with open(os.path.join(directory, name), "w") as f:
+            f.write(text(lines))
+    return str(directory)

@@ -1,35 +1,10 @@
 """End to end: the real CLI (Hydra, TensorFlow, MLflow on sqlite in tmp_path), tiny budgets."""
 import math
 import os
-import subprocess
-import sys
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["train.steps=30", "train.eval_every=10", "train.eval_size=50"]
-
-
-def run_cli(args, cwd, store=None):
-    """`python -m runner ARGS` in `cwd`; returns the CompletedProcess (never raises)."""
-    env = dict(os.environ, PYTHONPATH=ROOT, KERAS_HOME=str(cwd / "keras_home"))
-    if store:
-        args = [*args, f"mlflow.tracking_uri={store}"]
-    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-def runs_of(store):
-    client = MlflowClient(tracking_uri=store)
-    experiment = client.get_experiment_by_name("sweeplab")
-    assert experiment is not None, "the sweep did not create the experiment"
-    return client, client.search_runs([experiment.experiment_id], max_results=100)
-
-
-@pytest.fixture
-def store(tmp_path):
-    return f"sqlite:///{tmp_path}/mlflow.db"
+from conftest import TINY, compose_cfg, run_cli, runs_of
 
 
 def test_two_job_sweep_has_parent_children_metrics_and_plots(tmp_path, store):
@@ -162,19 +137,14 @@ def test_parallel_sweep_with_joblib_launcher_shares_one_parent(tmp_path, store):
 
 
 def test_same_seed_same_curve_different_seed_different_curve(tmp_path):
-    from hydra import compose, initialize_config_dir
-
-    from runner.config import register_configs
     from runner.tasks.image import run
     from runner.tracking import JobContext
 
-    register_configs()
     store = f"sqlite:///{tmp_path}/mlflow.db"
 
     def curve(seed):
-        with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
-            cfg = compose("config", overrides=["model=mlp", "model.hidden=[32]", f"seed={seed}",
-                                               f"mlflow.tracking_uri={store}", *TINY])
+        cfg = compose_cfg("model=mlp", "model.hidden=[32]", f"seed={seed}",
+                          f"mlflow.tracking_uri={store}", *TINY)
         run(cfg, JobContext())
         client, runs = runs_of(store)
         latest = max(runs, key=lambda r: r.info.start_time)

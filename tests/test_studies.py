@@ -1,25 +1,14 @@
 """Seed presets 002 and 003 end to end through the CLI: each run does what its write-up asks."""
-import os
-import subprocess
-import sys
-
-from mlflow.tracking import MlflowClient
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import children_of, run_cli, runs_of
 
 
 def sweep(tmp_path, *args):
-    """Run a multirun through the real CLI; return {child run name: run} and the client."""
+    """Run a multirun through the real CLI; return the client and {child run name: run}."""
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    env = dict(os.environ, PYTHONPATH=ROOT, KERAS_HOME=str(tmp_path / "keras_home"))
-    done = subprocess.run([sys.executable, "-m", "runner", "-m", *args,
-                           f"mlflow.tracking_uri={store}"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    done = run_cli(["-m", *args], tmp_path, store)
     assert done.returncode == 0, done.stderr[-3000:]
-    client = MlflowClient(tracking_uri=store)
-    experiment = client.get_experiment_by_name("sweeplab")
-    runs = client.search_runs([experiment.experiment_id])
-    return client, {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    client, runs = runs_of(store)
+    return client, children_of(runs)
 
 
 def test_mlp_explode_diverges_without_clipping_and_global_norm_caps_at_15(tmp_path):

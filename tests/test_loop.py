@@ -1,0 +1,113 @@
+"""The engine (runner/loop.py): the divergence guard, several variants in one compiled call,
+and `diverged_at_step` independent of how often the task evaluates."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import compose_cfg, runs_of
+from runner import data, optim
+from runner.loop import Variant, make_train_steps, seed_everything
+from runner.tasks import image
+from runner.tracking import JobContext
+
+
+class FixedBatch:
+    """A batch source that always yields the same inputs."""
+
+    def __init__(self, x):
+        self.x = tf.constant(x, tf.float32)
+
+    def next(self):
+        return self.x, tf.zeros((1,), tf.int32)
+
+
+def sqrt_objective(model, batch):
+    # sqrt(w * x) at w = 0: the loss is a finite 0, its gradient +inf.
+    x, _ = batch
+    loss = tf.reduce_sum(tf.sqrt(model(x)))
+    return loss, loss, tf.no_op
+
+
+def square_objective(model, batch):
+    x, _ = batch
+    loss = tf.reduce_sum(tf.square(model(x) - 1.0))
+    return loss, loss, tf.no_op
+
+
+def scalar_model(initial):
+    model = keras.Sequential([keras.Input((1,)),
+                              keras.layers.Dense(1, use_bias=False,
+                                                 kernel_initializer=keras.initializers.Constant(
+                                                     initial))])
+    return model
+
+
+def variant(model, objective, batches, lr=0.1):
+    cfg = compose_cfg("optimizer=sgd", f"optimizer.lr={lr}")
+    lr_at = optim.schedule(cfg.lr_schedule, lr, 1, 100)
+    return Variant(model, optim.optimizer(cfg.optimizer, lr_at), lr_at, cfg.clipping,
+                   cfg.regularizer, batches, objective)
+
+
+def test_an_update_with_a_finite_loss_but_an_inf_gradient_is_not_applied():
+    model = scalar_model(0.0)
+    (interval,) = make_train_steps([variant(model, sqrt_objective, FixedBatch([[1.0]]))],
+                                   capacity=5)(5)
+    assert interval.diverged and interval.applied == 0
+    assert float(model.trainable_variables[0].numpy().item()) == 0.0  # the weight never moved
+
+
+def test_a_diverging_variant_stops_while_the_other_trains_on():
+    batches = FixedBatch([[1.0]])
+    dying, healthy = scalar_model(0.0), scalar_model(0.0)
+    train_steps = make_train_steps([variant(dying, sqrt_objective, batches),
+                                    variant(healthy, square_objective, batches)], capacity=10)
+    first, second = train_steps(10)
+    assert first.diverged and first.applied == 0
+    assert not second.diverged and second.applied == 10
+    # SGD on (w - 1)^2 from 0 with lr 0.1: w_k = 1 - 0.8^k.
+    assert float(healthy.trainable_variables[0].numpy().item()) == pytest.approx(1 - 0.8 ** 10, 1e-5)
+    assert len(second.series["train_loss"]) == 10 and len(first.series["train_loss"]) == 0
+
+
+def lenet_variants(cfgs):
+    """LeNet variants on the bundled digits, built as the image task builds them."""
+    splits = data.load(cfgs[0].dataset, cfgs[0].seed)
+    plan = image.plan(cfgs[0].train, len(splits.train.y))
+    batches = image.ShuffledBatches(splits.train, cfgs[0].train.batch_size, cfgs[0].seed)
+    return [image.build_variant(cfg, splits, plan, batches) for cfg in cfgs]
+
+
+@pytest.mark.parametrize("mode", ["none", "value", "norm", "global_norm"])
+def test_variants_side_by_side_train_exactly_as_they_train_alone(mode):
+    keras.backend.clear_session()
+    common = ("experiment=lenet_clip", "dataset=mnist_5k", "clipping.clip_norm=0.5")
+    cfgs = [compose_cfg(*common, f"clipping={mode}", f"optimizer.lr={lr}")
+            for lr in (0.01, 0.001)]
+    alone = [make_train_steps(lenet_variants([cfg]), capacity=20)(20)[0] for cfg in cfgs]
+    together = make_train_steps(lenet_variants(cfgs), capacity=20)(20)
+    for solo, stacked in zip(alone, together):
+        assert stacked.applied == solo.applied == 20
+        np.testing.assert_allclose(stacked.series["train_loss"], solo.series["train_loss"],
+                                   rtol=1e-4)
+    assert not np.allclose(together[0].series["train_loss"], together[1].series["train_loss"])
+
+
+def diverged_at(tmp_path, eval_every):
+    store = f"sqlite:///{tmp_path}/mlflow-{eval_every}.db"
+    cfg = compose_cfg("experiment=mlp_explode", "clipping=none", "train.steps=40",
+                      f"train.eval_every={eval_every}", "train.eval_size=100",
+                      f"mlflow.tracking_uri={store}")
+    seed_everything(cfg.seed)
+    assert image.run(cfg, JobContext()) == float("inf")
+    _, (run,) = runs_of(store)
+    assert run.data.tags["outcome"] == "diverged"
+    return run.data.metrics["diverged_at_step"]
+
+
+def test_diverged_at_step_is_the_first_bad_step_whatever_eval_every(tmp_path):
+    # Seed 002 without clipping: a step whose loss is still finite has Inf gradients.
+    every_step, every_ten = diverged_at(tmp_path, 1), diverged_at(tmp_path, 10)
+    assert every_step == every_ten
+    assert 1 < every_step <= 40
