@@ -455,14 +455,12 @@ def validate_mlflow(cfg) -> None:
     if not uri:
         return  # the default store
     scheme = urllib.parse.urlparse(uri).scheme.lower()
-    base = scheme.split("+")[0] if scheme.split("+")[0] in DATABASE_SCHEMES else scheme
-    if uri in ("databricks", "databricks-uc", "uc"):
-        base = uri
-    _require(base in TRACKING_URI_SCHEMES, "mlflow.tracking_uri",
+    engine = scheme.split("+")[0]  # postgresql+psycopg2 -> postgresql
+    _require(scheme in TRACKING_URI_SCHEMES or engine in DATABASE_SCHEMES, "mlflow.tracking_uri",
              f"MLflow cannot open scheme {scheme!r} in {uri!r}",
              "use a folder, sqlite:///path/mlflow.db, http(s)://host:port or a database URL, "
              "e.g. mlflow.tracking_uri=sqlite:///outputs/mlflow.db")
-    if base == "sqlite":
+    if engine == "sqlite":
         # sqlite:// alone is an in-memory store: every job would log into a database that
         # vanishes with it.
         _require(uri.startswith(f"{scheme}:///") and len(uri) > len(scheme) + 4,

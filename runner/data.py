@@ -75,9 +75,13 @@ def damaged_file_is_a_config_error(path: str):
         raise ConfigError(f"dataset.data_dir: cannot read {path} (permission denied); make it "
                           "readable, e.g. chmod a+r on it") from err
     except DAMAGED as err:
-        reason = " ".join(str(err).split()) or "no detail"
-        raise ConfigError(f"dataset.data_dir: {path} is damaged ({type(err).__name__}: "
-                          f"{reason}); {REFETCH}") from err
+        kind = type(err).__name__
+        if type(err).__module__ != "builtins":  # struct.error, zlib.error, gzip.BadGzipFile
+            kind = f"{type(err).__module__}.{kind}"
+        # First sentence only: NumPy's pickle guard goes on to suggest loading it unsafely.
+        reason = " ".join(str(err).split()).split(". ")[0] or "no detail"
+        raise ConfigError(f"dataset.data_dir: {path} is damaged ({kind}: {reason}); "
+                          f"{REFETCH}") from err
 
 
 def read_idx(path: str) -> np.ndarray:
