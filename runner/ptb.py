@@ -11,13 +11,10 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from runner.config import ConfigError
+from runner.config import PTB_WHERE, ConfigError
 
 FILES = {"train": "ptb.train.txt", "valid": "ptb.valid.txt", "test": "ptb.test.txt"}
 EOS, UNK = "<eos>", "<unk>"
-WHERE = ("get the data/ folder of the simple-examples tarball from Tomas Mikolov's RNNLM page "
-         "(http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz) and set "
-         "dataset.data_dir=/path/to/simple-examples/data")
 
 
 @dataclass(frozen=True)
@@ -37,8 +34,12 @@ class PTB:
 
 def read_words(path: str) -> List[str]:
     """Whitespace-split words with `<eos>` closing every line (the reference reader's stream)."""
-    with open(path, encoding="utf-8") as f:
-        return [word for line in f for word in (*line.split(), EOS)]
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [word for line in f for word in (*line.split(), EOS)]
+    except UnicodeDecodeError as err:  # a binary or damaged copy; PTB is plain ASCII
+        raise ConfigError(f"dataset.data_dir: {path} is not UTF-8 text ({err.reason} at byte "
+                          f"{err.start}); re-copy or re-download the file") from err
 
 
 def build_vocab(train: List[str], vocab_size: int, others=()) -> Dict[str, int]:
@@ -63,20 +64,15 @@ def to_ids(words: List[str], word_to_id: Dict[str, int]) -> np.ndarray:
 
 
 def load(cfg, vocab_size: int = 10000) -> PTB:
-    """The three splits as id arrays, from `cfg.data_dir`; ConfigError says where to get them."""
-    if not cfg.data_dir:
-        raise ConfigError(f"dataset.data_dir: not set, PTB needs {', '.join(FILES.values())}; "
-                          + WHERE)
+    """The three splits as id arrays, from `cfg.data_dir` (validated: set, vocab_size >= 2);
+    a ConfigError says where to get missing files."""
     directory = os.path.abspath(os.path.expanduser(cfg.data_dir))
     if not os.path.isdir(directory):
-        raise ConfigError(f"dataset.data_dir: {directory} does not exist; " + WHERE)
+        raise ConfigError(f"dataset.data_dir: {directory} does not exist; " + PTB_WHERE)
     missing = [name for name in FILES.values()
                if not os.path.isfile(os.path.join(directory, name))]
     if missing:
-        raise ConfigError(f"dataset.data_dir: {directory} lacks {', '.join(missing)}; " + WHERE)
-    if vocab_size < 2:
-        raise ConfigError(f"model.vocab_size: must be >= 2, got {vocab_size}; "
-                          "e.g. model.vocab_size=10000")
+        raise ConfigError(f"dataset.data_dir: {directory} lacks {', '.join(missing)}; " + PTB_WHERE)
     words = {split: read_words(os.path.join(directory, name)) for split, name in FILES.items()}
     word_to_id = build_vocab(words["train"], vocab_size, (words["valid"], words["test"]))
     ids = {split: to_ids(w, word_to_id) for split, w in words.items()}

@@ -11,13 +11,13 @@ import json
 import logging
 import os
 import sys
-from typing import List, Optional
+from typing import List
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf, open_dict, read_write
+from omegaconf import open_dict, read_write
 
 from runner import tracking
 from runner.tasks import spec_of_run

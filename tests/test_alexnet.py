@@ -13,9 +13,10 @@ from mlflow.tracking import MlflowClient
 
 import models
 from conftest import ROOT, compose_cfg
-from models.alexnet import MIN_INPUT_SIZE, LocalResponseNorm, pool5_side
+from models.alexnet import LocalResponseNorm
 from runner import data
-from runner.config import ConfigError
+from runner.config import (ALEXNET_MIN_INPUT_SIZE, ALEXNET_NORMS, ConfigError,
+                           alexnet_pool5_side, validate)
 from runner.loop import seed_everything
 from runner.tasks.image import loss_fn
 
@@ -24,8 +25,10 @@ SMALL = ("model.input_size=67", "model.fc_units=64")
 
 
 def build(*overrides, seed=0):
+    cfg = compose_cfg("model=alexnet", *overrides)
+    validate(cfg)  # what the CLI does before any model is built
     keras.utils.set_random_seed(seed)
-    return models.build(compose_cfg("model=alexnet", *overrides).model, INFO)
+    return models.build(cfg.model, INFO)
 
 
 def kernel_size(model, layer):
@@ -52,6 +55,7 @@ def test_output_shape_and_parameter_count_by_hand(size, pool5, fc):
     assert model.count_params() == params_by_hand(pool5, fc)
     assert tuple(model.get_layer("resize").output.shape) == (None, size, size, 1)
     assert tuple(model.get_layer("pool5").output.shape) == (None, pool5, pool5, 256)
+    assert alexnet_pool5_side(size) == pool5  # config.py's arithmetic matches the built model
     logits = model(np.random.default_rng(0).random((2, 28, 28, 1), dtype=np.float32))
     assert tuple(logits.shape) == (2, 10) and np.all(np.isfinite(logits.numpy()))
 
@@ -66,8 +70,12 @@ def test_the_write_ups_feature_map_sizes_and_parameters_at_227():
 
 
 def test_min_input_size_is_where_pool5_becomes_empty():
-    assert MIN_INPUT_SIZE == 67
-    assert pool5_side(66) == 0 and pool5_side(67) == 1 and pool5_side(227) == 6
+    assert ALEXNET_MIN_INPUT_SIZE == 67
+    assert alexnet_pool5_side(66) == 0 and alexnet_pool5_side(67) == 1
+    assert alexnet_pool5_side(227) == 6
+    # The arithmetic in runner.config agrees with Keras at the edge: pool5 is 1x1 at 67.
+    model = build(f"model.input_size={ALEXNET_MIN_INPUT_SIZE}", "model.fc_units=8")
+    assert tuple(model.get_layer("pool5").output.shape) == (None, 1, 1, 256)
 
 
 def test_groups_2_halves_conv4_and_conv5_kernels_only():
@@ -96,6 +104,7 @@ def layer_types(model):
 
 
 def test_norm_options_pick_lrn_batchnorm_or_neither():
+    assert set(ALEXNET_NORMS) == {"lrn", "batch", "none"}  # each one is checked below
     lrn, batch, none = (build(*SMALL, f"model.norm={n}") for n in ("lrn", "batch", "none"))
     assert layer_types(lrn).count("LocalResponseNorm") == 2  # after conv1 and conv2
     assert "BatchNormalization" not in layer_types(lrn)
@@ -166,7 +175,7 @@ def test_sigma_1_makes_the_naive_loss_nan_on_the_first_batch(bias_overrides):
     ("model.groups=3", "model.groups"),
     ("model.groups=0", "model.groups"),
     ("model.norm=layer", "model.norm"),
-    ("model.input_size=66", "model.input_size"),
+    (f"model.input_size={ALEXNET_MIN_INPUT_SIZE - 1}", "model.input_size"),
     ("model.dropout=1", "model.dropout"),
     ("model.fc_units=0", "model.fc_units"),
     ("model.bias_init_std=-0.1", "model.bias_init_std"),
@@ -175,7 +184,7 @@ def test_sigma_1_makes_the_naive_loss_nan_on_the_first_batch(bias_overrides):
 ])
 def test_bad_options_raise_one_line_naming_the_option(override, option):
     with pytest.raises(ConfigError) as error:
-        build(override)
+        validate(compose_cfg("model=alexnet", override))  # before any model is built
     message = str(error.value)
     assert message.startswith(option) and "\n" not in message
     assert "e.g." in message or "use one of" in message

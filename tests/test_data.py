@@ -12,7 +12,7 @@ import pytest
 
 from conftest import compose_cfg
 from runner import data
-from runner.config import ConfigError
+from runner.config import IMAGE_DATASETS, ConfigError, validate
 
 N_TRAIN, N_TEST = 50, 12
 
@@ -191,10 +191,13 @@ def test_data_dir_without_files_names_the_option(tmp_path):
 
 
 def test_unknown_dataset_names_the_option():
-    node = dataset_cfg()
-    node.name = "cifar"
-    with pytest.raises(ConfigError, match=r"dataset\.name.*cifar"):
-        data.load(node, 0)
+    # Checked by validate, before TensorFlow loads; the loader itself trusts the name.
+    with pytest.raises(ConfigError, match=r"^dataset\.name: unknown value 'cifar'; use one of"):
+        validate(compose_cfg("dataset.name=cifar"))
+
+
+def test_every_image_dataset_has_a_source():
+    assert set(data.SOURCES) == set(IMAGE_DATASETS)
 
 
 def test_mnist_from_the_keras_cache(tmp_path, monkeypatch):
@@ -245,3 +248,92 @@ def test_idx_paths_are_absolute_in_the_source(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     splits = data.load(dataset_cfg(data_dir="rel"), seed=0)
     assert splits.info.source == f"idx:{os.path.join(str(tmp_path), 'rel')}"
+
+
+# ---------------------------------------------------------------- damaged files
+
+def gzip_bytes(raw):
+    return gzip.compress(raw)
+
+
+IDX = idx_bytes(np.arange(2 * 28 * 28).reshape(2, 28, 28) % 256)
+DAMAGED_IDX = {
+    # case: (file name, bytes, what the message reports)
+    "gzip cut short": ("train-images-idx3-ubyte.gz", gzip_bytes(IDX)[:-40], "EOFError"),
+    "not gzip but .gz": ("train-images-idx3-ubyte.gz", b"this is not gzip at all",
+                         "gzip.BadGzipFile"),
+    "gzip, zeroed bytes": ("train-images-idx3-ubyte.gz",
+                           gzip_bytes(IDX)[:30] + bytes(40) + gzip_bytes(IDX)[70:], "damaged ("),
+    "garbage": ("train-images-idx3-ubyte", bytes(range(7, 200)), "not an unsigned-byte IDX"),
+    "shorter than its header": ("train-images-idx3-ubyte", b"\0\0", "struct.error"),
+    "header cut in the dims": ("train-images-idx3-ubyte", IDX[:9], "struct.error"),
+    "body cut short": ("train-images-idx3-ubyte", IDX[:-1], "truncated"),
+    "empty": ("train-images-idx3-ubyte", b"", "struct.error"),
+}
+
+
+def assert_names_the_file_and_the_fix(message, path):
+    assert message.startswith("dataset.data_dir: ") and "\n" not in message
+    assert str(path) in message
+    assert "re-copy or re-download the file" in message
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_IDX))
+def test_a_damaged_idx_file_is_one_line_naming_it(tmp_path, case):
+    name, raw, reported = DAMAGED_IDX[case]
+    (tmp_path / name).write_bytes(raw)
+    with pytest.raises(ConfigError) as error:
+        data.read_idx(str(tmp_path / name))
+    assert_names_the_file_and_the_fix(str(error.value), tmp_path / name)
+    assert reported in str(error.value)
+
+
+def test_a_damaged_file_among_good_ones_fails_the_load(tmp_path):
+    directory = write_mnist_dir(tmp_path / "mnist")
+    target = directory / "t10k-labels-idx1-ubyte.gz"
+    target.write_bytes(target.read_bytes()[:-10])
+    with pytest.raises(ConfigError) as error:
+        data.load(dataset_cfg(data_dir=str(directory)), 0)
+    assert_names_the_file_and_the_fix(str(error.value), target)
+
+
+def good_npz(path):
+    (train_x, train_y), (test_x, test_y) = tiny_split(20), tiny_split(5, offset=40)
+    np.savez_compressed(path, x_train=train_x, y_train=train_y, x_test=test_x, y_test=test_y)
+    return path.read_bytes()
+
+
+def damaged_npz(kind, raw):
+    if kind == "cut short":  # the zip's directory is at the end: BadZipFile
+        return raw[:len(raw) // 2]
+    if kind == "garbage":  # neither zip nor .npy: NumPy's pickle guard raises ValueError
+        return b"garbage, not an archive" * 10
+    if kind == "empty":
+        return b""
+    # "damaged member": the directory is intact, an array's compressed bytes are not
+    start = raw.index(b"x_train.npy") + 60
+    return raw[:start] + bytes(200) + raw[start + 200:]
+
+
+@pytest.mark.parametrize("kind, reported", [
+    ("cut short", "zipfile.BadZipFile"), ("garbage", "ValueError"), ("empty", "EOFError"),
+    ("damaged member", "damaged ("),
+])
+def test_a_damaged_npz_is_one_line_naming_it(tmp_path, kind, reported):
+    path = tmp_path / "mnist.npz"
+    path.write_bytes(damaged_npz(kind, good_npz(path)))
+    with pytest.raises(ConfigError) as error:
+        data.load(dataset_cfg(data_dir=str(tmp_path)), 0)
+    assert_names_the_file_and_the_fix(str(error.value), path)
+    assert reported in str(error.value)
+
+
+def test_a_damaged_keras_cache_names_it(tmp_path, monkeypatch):
+    keras_home = tmp_path / "keras_home"
+    (keras_home / "datasets").mkdir(parents=True)
+    cached = keras_home / "datasets" / "mnist.npz"
+    cached.write_bytes(good_npz(cached)[:100])
+    monkeypatch.setenv("KERAS_HOME", str(keras_home))
+    with pytest.raises(ConfigError) as error:
+        data.load(dataset_cfg(), 0)
+    assert_names_the_file_and_the_fix(str(error.value), cached)

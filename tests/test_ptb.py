@@ -73,7 +73,7 @@ def test_unk_already_in_the_text_keeps_its_frequency_rank(tmp_path):
 def test_missing_files_raise_one_line_naming_data_dir_and_the_source(tmp_path, present):
     for name in present:
         (tmp_path / name).write_text(" a \n")
-    for data_dir in ([str(tmp_path)] if present else [None, str(tmp_path / "nowhere")]):
+    for data_dir in ([str(tmp_path)] if present else [str(tmp_path / "nowhere")]):
         with pytest.raises(ConfigError) as err:
             ptb.load(SimpleNamespace(data_dir=data_dir))
         message = str(err.value)
@@ -81,6 +81,37 @@ def test_missing_files_raise_one_line_naming_data_dir_and_the_source(tmp_path, p
         assert "simple-examples" in message and "Mikolov" in message
     if present:
         assert "ptb.test.txt" in message and "ptb.train.txt" not in message
+
+
+def test_an_unset_data_dir_is_rejected_before_tensorflow_with_the_source():
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg("experiment=ptb_lstm"))  # the preset leaves data_dir to the user
+    message = str(err.value)
+    assert message.startswith("dataset.data_dir: not set") and "\n" not in message
+    assert "simple-examples" in message and "Mikolov" in message
+
+
+def test_a_vocab_cap_below_2_is_rejected_before_tensorflow(tmp_path):
+    d = write_corpus(tmp_path, " a b \n", " a \n", " b \n")
+    with pytest.raises(ConfigError, match=r"^model\.vocab_size: must be >= 2, got 1; e\.g\."):
+        validate(compose_cfg("experiment=ptb_lstm", f"dataset.data_dir={d}",
+                             "model.vocab_size=1"))
+
+
+@pytest.mark.parametrize("raw", [
+    b" a b \n \xff\xfe c \n",  # a stray byte that is no UTF-8
+    "caf\u00e9 \n".encode("latin-1"),  # another encoding's text
+    bytes(range(256)),  # a binary file
+])
+def test_a_file_that_is_not_utf8_is_one_line_naming_it(tmp_path, raw):
+    d = write_corpus(tmp_path, " a b \n", " a \n", " b \n")
+    (tmp_path / "ptb.valid.txt").write_bytes(raw)
+    with pytest.raises(ConfigError) as err:
+        ptb.load(SimpleNamespace(data_dir=d))
+    message = str(err.value)
+    assert message.startswith("dataset.data_dir: ") and "\n" not in message
+    assert str(tmp_path / "ptb.valid.txt") in message and "not UTF-8" in message
+    assert "re-copy or re-download the file" in message
 
 
 # ---------------------------------------------------------------- batching
@@ -286,7 +317,13 @@ def test_divergence_stops_the_run_and_marks_it(tmp_path, store):
 
 def test_the_language_model_needs_the_ptb_dataset():
     cfg = compose_cfg("experiment=ptb_lstm", "dataset=mnist_5k")
-    with pytest.raises(ConfigError, match="dataset=ptb"):
+    with pytest.raises(ConfigError, match="^dataset.name: .*dataset=ptb"):
+        validate(cfg)  # before TensorFlow loads
+
+
+def test_the_language_model_trains_on_cross_entropy_only(tmp_path):
+    cfg = compose_cfg("experiment=ptb_lstm", f"dataset.data_dir={tmp_path}", "train.loss=mse")
+    with pytest.raises(ConfigError, match="^train.loss: .*use train.loss=cross_entropy"):
         validate(cfg)
 
 
