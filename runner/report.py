@@ -22,6 +22,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 from rich.table import Table
 
 from runner import outcome, report_plots
@@ -239,8 +240,8 @@ def store_uri(option: Optional[str]) -> Tuple[str, str]:
 def check_store(uri: str, source: str) -> None:
     """Fail in seconds, in one line, on a store that is not there (never create one)."""
     fix = "pass --tracking-uri URI or set MLFLOW_TRACKING_URI"
-    if uri.startswith("sqlite:///") or "://" not in uri:
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else uri
+    if uri.startswith(("sqlite:///", "file:")) or "://" not in uri:
+        path = _local_path(uri) or uri[len("sqlite:///"):]
         if not os.path.exists(path):
             raise ConfigError(f"{source}: no MLflow store at {path}; run a sweep first "
                               f"(sweeplab -m ...) or {fix}")
@@ -368,14 +369,14 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as err:
         print(f"sweeplab: error: {err}", file=sys.stderr, flush=True)
         return 2
-    except MlflowException as err:
-        first = str(err.message if hasattr(err, "message") else err).strip().splitlines()
-        print(f"sweeplab: error: {source}: the MLflow store {uri} failed: "
-              f"{first[0] if first else type(err).__name__}", file=sys.stderr, flush=True)
+    except (MlflowException, SQLAlchemyError) as err:  # a store that opens but fails
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        print(f"sweeplab: error: {source}: the MLflow store {uri} failed: {first}; point "
+              f"--tracking-uri at a working store", file=sys.stderr, flush=True)
         return 2
     console = Console()
     for line in _headline(parent, records, metric):
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, soft_wrap=True)
     print_table(records, metric, console)
     console.print(f"report: {where.artifact_uri}/{HTML_FILE}", highlight=False, soft_wrap=True)
     if where.local_dir and where.local_dir != where.artifact_uri:

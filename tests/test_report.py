@@ -414,6 +414,15 @@ def test_main_bad_input_is_one_line_and_exit_2(store, capsys, monkeypatch, args,
     assert says in _one_error_line(capsys)
 
 
+def test_main_broken_store_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "mlflow.db").write_text("not a database")
+    assert report.main(["--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]) == 2
+    assert "file is not a database" in _one_error_line(capsys)
+    assert report.main(["--tracking-uri", f"file://{tmp_path}/none"]) == 2
+    assert f"no MLflow store at {tmp_path}/none" in _one_error_line(capsys)
+
+
 def test_main_unreachable_server_fails_fast(capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with socket.socket() as sock:  # a port nobody listens on
