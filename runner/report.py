@@ -61,12 +61,17 @@ def _children(client: MlflowClient, parent: Run) -> List[Run]:
             return runs
 
 
+def _unclamp(value: float) -> float:
+    """MLflow stores +-inf as +-float max; give the infinity back so it reads as not finite."""
+    return math.copysign(math.inf, value) if abs(value) >= sys.float_info.max else value
+
+
 def collect(client: MlflowClient, parent_run_id: str) -> List[JobRecord]:
     """The sweep's jobs as records: params, outcome tag, final metrics, curve histories."""
     records = []
     for child in _children(client, client.get_run(parent_run_id)):
-        metrics = dict(child.data.metrics)
-        histories = {key: [(m.step, m.value) for m in sorted(
+        metrics = {key: _unclamp(value) for key, value in child.data.metrics.items()}
+        histories = {key: [(m.step, _unclamp(m.value)) for m in sorted(
             client.get_metric_history(child.info.run_id, key), key=lambda m: m.step)]
             for key in CURVES if key in metrics}
         status = child.info.status
@@ -239,12 +244,12 @@ def store_uri(option: Optional[str]) -> Tuple[str, str]:
 
 def check_store(uri: str, source: str) -> None:
     """Fail in seconds, in one line, on a store that is not there (never create one)."""
-    fix = "pass --tracking-uri URI or set MLFLOW_TRACKING_URI"
+    fix = "pass --tracking-uri URI (or set MLFLOW_TRACKING_URI)"
     if uri.startswith(("sqlite:///", "file:")) or "://" not in uri:
         path = _local_path(uri) or uri[len("sqlite:///"):]
         if not os.path.exists(path):
             raise ConfigError(f"{source}: no MLflow store at {path}; run a sweep first "
-                              f"(sweeplab -m ...) or {fix}")
+                              f"(sweeplab -m ...), or {fix}")
     elif uri.startswith(("http://", "https://")):
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS).close()

@@ -15,7 +15,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from runner.outcome import COLLAPSED, DIVERGED, OK
 from runner.results import (METRICS, RUN_AXIS, Grid, JobRecord, axis_values, facets, grid,
@@ -303,14 +303,17 @@ def sweep_curves(records: Sequence[JobRecord], metric: str) -> Figure:
                                       sharey=True)).ravel()
     limits, log = _view(records, curve)
     for ax, (label, jobs) in zip(axes, panels):
-        if log:
+        if log:  # ticks as 0.1, 0.2, 0.5, 1 rather than 10^-1
             ax.set_yscale("log")
+            ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(*limits)
         ends = _draw_panel(ax, jobs, curve, x_axis, colour_of)
         ax.set_title(label or curve, fontsize=10)
         ax.grid(alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True, steps=[1, 2, 5, 10]))
         _label_ends(ax, ends, panel_h)
     for ax in axes[len(panels):]:
         ax.axis("off")

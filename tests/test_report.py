@@ -123,6 +123,20 @@ def test_collect_reads_every_child_with_params_outcomes_and_histories(store, rec
     assert [r.diverged_at for r in diverged] == [37]
 
 
+def test_collect_gives_back_infinities_mlflow_clamped(tmp_path, empty_store):
+    uri, client = fresh_client(empty_store, tmp_path)
+    exp_id = client.create_experiment("sweeplab", artifact_location=str(tmp_path / "art"))
+    parent, children = make_sweep(client, exp_id, str(tmp_path), 1_000, lrs=("0.001",))
+    child = children[("0.001", "none")]
+    client.log_batch(child, metrics=[Metric("val_loss", math.inf, 0, 200),
+                                     Metric("test_loss", -math.inf, 0, 1)])
+    assert client.get_run(child).data.metrics["val_loss"] == sys.float_info.max  # the clamp
+    record = next(r for r in report.collect(client, parent) if r.run_id == child)
+    assert record.value("val_loss") == math.inf and record.value("test_loss") == -math.inf
+    assert record.histories["val_loss"][-1] == (200, math.inf)
+    assert "inf" not in report_plots._fmt(record.value("val_loss"))  # drawn as "—"
+
+
 def test_swept_axes_are_exactly_the_params_that_vary(records):
     assert swept_axes(records) == ["optimizer.lr", "clipping.name"]
     assert map_axes(records) == ("optimizer.lr", "clipping.name", [])
