@@ -1,0 +1,394 @@
+"""A sweep's answer, from its MLflow parent run: a map, curves and a table, logged back on the
+parent (`report/`), and `sweeplab report [SWEEP]` to regenerate and print it at any time.
+
+collect (MLflow children -> JobRecord) -> results (axes, grid, ranking) -> report_plots
+(figures) -> markdown / self-contained HTML -> artifacts on the parent run.
+"""
+import argparse
+import base64
+import html
+import io
+import math
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
+from rich.table import Table
+
+from runner import outcome, report_plots
+from runner.config import ConfigError
+from runner.results import (CURVES, METRICS, JobRecord, best_step, default_metric, ranked,
+                            swept_axes)
+
+TAG_ROLE, ROLE_SWEEP = "sweeplab.role", "sweep"  # set on a sweep's parent run
+TAG_SWEEP_DIR = "sweeplab.sweep_dir"  # the parent's absolute sweep dir
+TAG_OVERRIDES = "sweeplab.overrides"
+REPORT_DIR = "report"  # artifact folder on the parent run
+MAP_PNG, CURVES_PNG, HTML_FILE, MD_FILE = ("sweep_map.png", "sweep_curves.png", "report.html",
+                                           "report.md")
+LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves a local store
+PROBE_SECONDS = 3.0  # a tracking server that does not answer /health in this long is down
+
+
+def default_store() -> str:
+    """The project's store, as the jobs use it when mlflow.tracking_uri is unset."""
+    return "sqlite:///" + os.path.join(os.getcwd(), "outputs", "mlflow.db")
+
+
+# ---------------------------------------------------------------- from the store
+
+def _children(client: MlflowClient, parent: Run) -> List[Run]:
+    """Every child run of the parent, in the order they started (all result pages)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  order_by=["attributes.start_time ASC"], max_results=1000,
+                                  page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _unclamp(value: float) -> float:
+    """MLflow stores +-inf as +-float max; give the infinity back so it reads as not finite."""
+    return math.copysign(math.inf, value) if abs(value) >= sys.float_info.max else value
+
+
+def collect(client: MlflowClient, parent_run_id: str) -> List[JobRecord]:
+    """The sweep's jobs as records: params, outcome tag, final metrics, curve histories."""
+    records = []
+    for child in _children(client, client.get_run(parent_run_id)):
+        metrics = {key: _unclamp(value) for key, value in child.data.metrics.items()}
+        histories = {key: [(m.step, _unclamp(m.value)) for m in sorted(
+            client.get_metric_history(child.info.run_id, key), key=lambda m: m.step)]
+            for key in CURVES if key in metrics}
+        status = child.info.status
+        records.append(JobRecord(
+            run_id=child.info.run_id, name=child.info.run_name or child.info.run_id[:8],
+            params=dict(child.data.params), metrics=metrics, histories=histories,
+            outcome=child.data.tags.get("outcome", "running" if status == "RUNNING" else "?"),
+            status=status))
+    return records
+
+
+# ---------------------------------------------------------------- the table
+
+def table(records: Sequence[JobRecord], metric: str) -> Tuple[List[str], List[List[str]]]:
+    """(header, rows) of every job, best first: the swept values, the metric, the outcome,
+    the step of the best validation value and the step it diverged at."""
+    axes = swept_axes(records)
+    curve = METRICS[metric].curve
+    header = ["#", "run", *axes, metric, "outcome", f"best {curve} at", "diverged at"]
+    rows = []
+    for rank, record in enumerate(ranked(records, metric), 1):
+        best = best_step(record, curve)
+        value = record.value(metric)
+        rows.append([str(rank), record.name, *(record.params.get(a, "-") for a in axes),
+                     f"{value:.4g}" if math.isfinite(value) else "-", record.outcome,
+                     "-" if best is None else str(best),
+                     "-" if record.diverged_at is None else str(record.diverged_at)])
+    return header, rows
+
+
+def _headline(parent: Run, records: Sequence[JobRecord], metric: str) -> List[str]:
+    """A few lines that say which sweep this is and what the report ranks by."""
+    counts: Dict[str, int] = {}
+    for record in records:
+        counts[record.outcome] = counts.get(record.outcome, 0) + 1
+    axes = swept_axes(records)
+    return [f"sweep run {parent.info.run_id} (experiment {parent.info.experiment_id}): "
+            f"{parent.data.tags.get(TAG_OVERRIDES) or '(defaults)'}",
+            f"jobs: {len(records)} ({', '.join(f'{n} {o}' for o, n in counts.items())}); "
+            f"swept: {' x '.join(axes) or 'nothing (repeats)'}",
+            f"ranked by final {metric} ({METRICS[metric].direction})"]
+
+
+OUTCOME_NOTE = (
+    f"outcome: diverged = a loss or gradient went NaN/Inf, the run stopped at that step; "
+    f"collapsed = finite but learned nothing: final val_loss >= {outcome.LOSS_RATIO} x its "
+    f"step-0 val_loss, or test_acc <= {outcome.CHANCE_FACTOR} / classes (language model: "
+    f"valid perplexity >= vocab_size ** {outcome.LOSS_RATIO}).")
+
+
+def markdown(parent: Run, records: Sequence[JobRecord], metric: str) -> str:
+    """The report as markdown, the PNGs referenced beside it."""
+    header, rows = table(records, metric)
+    lines = [f"# Sweep report: {parent.info.run_name}", ""]
+    lines += [f"- {line}" for line in _headline(parent, records, metric)]
+    lines += ["", f"![map]({MAP_PNG})", "", f"![curves]({CURVES_PNG})", "",
+              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+              for row in rows]
+    return "\n".join(lines + ["", OUTCOME_NOTE, ""])
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+img{max-width:100%;display:block;margin:1em 0}
+table{border-collapse:collapse;font-size:14px}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+th{background:#f0f0f0}tr.diverged td{background:#e6e6e6}
+tr.collapsed td{background:#fbe3e3}td.outcome{font-weight:bold}
+tr.diverged td.outcome{color:#555}tr.collapsed td.outcome{color:#b2182b}
+.note{color:#555;font-size:13px;max-width:60em}"""
+
+
+def html_page(parent: Run, records: Sequence[JobRecord], metric: str,
+              pngs: Dict[str, bytes]) -> str:
+    """The report as one HTML file: PNGs embedded as base64, so it opens anywhere."""
+    header, rows = table(records, metric)
+    outcome_col = header.index("outcome")
+    esc = html.escape
+    images = "".join(f'<img alt="{esc(name)}" src="data:image/png;base64,'
+                     f'{base64.b64encode(data).decode()}">' for name, data in pngs.items())
+    body = "".join(
+        f'<tr class="{esc(row[outcome_col])}">' + "".join(
+            f'<td class="outcome">{esc(c)}</td>' if k == outcome_col else f"<td>{esc(c)}</td>"
+            for k, c in enumerate(row)) + "</tr>" for row in rows)
+    return (f"<!doctype html><html><head><meta charset='utf-8'>"
+            f"<title>Sweep report: {esc(parent.info.run_name)}</title><style>{_CSS}</style>"
+            f"</head><body><h1>Sweep report</h1><ul>"
+            + "".join(f"<li>{esc(line)}</li>" for line in _headline(parent, records, metric))
+            + f"</ul>{images}<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header)
+            + f"</tr>{body}</table><p class='note'>{esc(OUTCOME_NOTE)}</p></body></html>\n")
+
+
+# ---------------------------------------------------------------- logged on the parent
+
+@dataclass
+class ReportLocation:
+    """Where a logged report lives: its artifact URI, and the folder when the store is local."""
+    run_id: str
+    experiment_id: str
+    metric: str
+    artifact_uri: str
+    local_dir: Optional[str]
+    files: List[str]
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _local_path(uri: str) -> Optional[str]:
+    if uri.startswith("file:"):
+        return urllib.parse.unquote(urllib.parse.urlparse(uri).path)
+    return uri if uri.startswith("/") else None
+
+
+def log_report(client: MlflowClient, parent_run_id: str,
+               metric: Optional[str] = None) -> ReportLocation:
+    """Draw and log `report/{sweep_map.png, sweep_curves.png, report.html, report.md}` on
+    the sweep's parent run (replacing an older report); metric None = the sweep's default
+    (val_loss, or valid_perplexity for a language model). Raises ValueError without jobs."""
+    records = collect(client, parent_run_id)
+    if not records:
+        raise ValueError(f"sweep {parent_run_id} has no jobs")
+    return write_report(client, client.get_run(parent_run_id), records,
+                        metric or default_metric(records) or "val_loss")
+
+
+def write_report(client: MlflowClient, parent: Run, records: Sequence[JobRecord],
+                 metric: str) -> ReportLocation:
+    """Render the figures once, embed them in the HTML, log the four files on the parent."""
+    pngs = {MAP_PNG: _png(report_plots.sweep_map(records, metric)),
+            CURVES_PNG: _png(report_plots.sweep_curves(records, metric))}
+    texts = {HTML_FILE: html_page(parent, records, metric, pngs),
+             MD_FILE: markdown(parent, records, metric)}
+    with tempfile.TemporaryDirectory(prefix="sweeplab-report-") as folder:
+        for name, data in pngs.items():
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(data)
+        for name, text in texts.items():
+            with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        client.log_artifacts(parent.info.run_id, folder, REPORT_DIR)
+    client.set_tag(parent.info.run_id, "sweeplab.report_metric", metric)
+    artifact_uri = f"{parent.info.artifact_uri.rstrip('/')}/{REPORT_DIR}"
+    local = _local_path(artifact_uri)
+    return ReportLocation(parent.info.run_id, parent.info.experiment_id, metric, artifact_uri,
+                          local if local and os.path.isdir(local) else None,
+                          [f"{REPORT_DIR}/{name}" for name in (*pngs, *texts)])
+
+
+# ---------------------------------------------------------------- `sweeplab report`
+
+def _absolute(uri: str) -> str:
+    """sqlite:///relative.db and plain folders made absolute, as the jobs' tracking URI is."""
+    if uri.startswith("sqlite:///"):
+        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
+def store_uri(option: Optional[str]) -> Tuple[str, str]:
+    """(tracking URI, where it came from): --tracking-uri, MLFLOW_TRACKING_URI, the default."""
+    if option:
+        return _absolute(option), "--tracking-uri"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return _absolute(os.environ["MLFLOW_TRACKING_URI"]), "MLFLOW_TRACKING_URI"
+    return default_store(), "--tracking-uri"
+
+
+def check_store(uri: str, source: str) -> None:
+    """Fail in seconds, in one line, on a store that is not there (never create one)."""
+    fix = "pass --tracking-uri URI (or set MLFLOW_TRACKING_URI)"
+    if uri.startswith(("sqlite:///", "file:")) or "://" not in uri:
+        path = _local_path(uri) or uri[len("sqlite:///"):]
+        if not os.path.exists(path):
+            raise ConfigError(f"{source}: no MLflow store at {path}; run a sweep first "
+                              f"(sweeplab -m ...), or {fix}")
+    elif uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS).close()
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise ConfigError(f"{source}: cannot reach the tracking server {uri} ({reason}); "
+                              f"start it or {fix}") from None
+
+
+def _newest(client: MlflowClient, filter_string: str) -> Optional[Run]:
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    found = client.search_runs(experiments, filter_string, max_results=1,
+                               order_by=["attributes.start_time DESC"])
+    return found[0] if found else None
+
+
+def find_sweep(client: MlflowClient, sweep: Optional[str], uri: str) -> Run:
+    """The sweep's parent run: the newest sweep, a run id (a child's leads to its parent),
+    or a sweep dir (the newest sweep that ran there)."""
+    if not sweep:
+        run = _newest(client, f"tags.`{TAG_ROLE}` = '{ROLE_SWEEP}'")
+        if run is None:
+            raise ConfigError(f"SWEEP: no sweep in {uri}; run one (sweeplab -m ...) or pass "
+                              f"--tracking-uri URI")
+        return run
+    if os.sep in sweep or os.path.isdir(sweep):
+        for folder in dict.fromkeys((os.path.abspath(sweep), os.path.realpath(sweep))):
+            run = _newest(client, f"tags.`{TAG_SWEEP_DIR}` = '{folder}'")
+            if run is not None:
+                return run
+        raise ConfigError(f"SWEEP: no sweep ran in {os.path.abspath(sweep)} (store {uri}); "
+                          f"give a sweep dir such as outputs/sweeps/<date>/<time>, or a run id")
+    try:
+        run = client.get_run(sweep)
+    except MlflowException:
+        raise ConfigError(f"SWEEP: no run {sweep!r} in {uri}; give a sweep's parent run id, "
+                          f"its sweep dir, or nothing for the newest sweep") from None
+    parent = run.data.tags.get("mlflow.parentRunId")
+    if run.data.tags.get(TAG_ROLE) != ROLE_SWEEP and parent:
+        return client.get_run(parent)  # a job's id: report its sweep
+    return run
+
+
+def ui_url(uri: str, run: Run) -> str:
+    """The parent run's page in the MLflow UI: the server itself, or `make ui` locally."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+
+
+def print_table(records: Sequence[JobRecord], metric: str, console: Console) -> None:
+    """The best-first table in the terminal, diverged/collapsed coloured and spelt out.
+
+    Narrower than the files' table: a job's name repeats its swept values, so it is shown
+    only when nothing varies, and `clipping.name` reads `clipping`.
+    """
+    header, rows = table(records, metric)
+    outcome_col = header.index("outcome")
+    keep = [k for k, name in enumerate(header) if name != "run" or not swept_axes(records)]
+    styles = {outcome.OK: "green", outcome.DIVERGED: "bold red",
+              outcome.COLLAPSED: "bold yellow"}
+    shown = Table(title=f"{metric} ({METRICS[metric].direction}), best first")
+    for k in keep:
+        name = header[k].removesuffix(".name")
+        shown.add_column(name, justify="right" if k == 0 or name == metric else "left",
+                         no_wrap=k == outcome_col, min_width=min(len(name), 14))
+    for row in rows:
+        style = styles.get(row[outcome_col], "dim")
+        cells = [f"[{style}]{row[k]}[/]" if k == outcome_col else row[k] for k in keep]
+        shown.add_row(*cells, style="dim" if row[outcome_col] == outcome.DIVERGED else None)
+    console.print(shown)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, like every other bad input
+        raise ConfigError(f"{message}; see sweeplab report --help")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sweeplab report",
+                     description="Regenerate a sweep's report (map, curves, table), log it "
+                                 "on the sweep's parent run and print the table.")
+    parser.add_argument("sweep", nargs="?", metavar="SWEEP",
+                        help="parent run id or sweep dir; default: the newest sweep")
+    parser.add_argument("--metric", default=None,
+                        help=f"rank and map by this final metric: {', '.join(METRICS)} "
+                             f"(default: val_loss, or valid_perplexity for a language model)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow store; default: $MLFLOW_TRACKING_URI, else "
+                             "sqlite:///<cwd>/outputs/mlflow.db")
+    return parser
+
+
+def main(argv: Sequence[str]) -> int:
+    """`sweeplab report [SWEEP] [--metric M] [--tracking-uri URI]`; returns the exit code."""
+    try:
+        args = _parser().parse_args(list(argv))
+    except SystemExit as done:  # --help
+        return int(done.code or 0)
+    except ConfigError as err:
+        print(f"sweeplab: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    uri, source = store_uri(args.tracking_uri)
+    try:
+        if args.metric is not None and args.metric not in METRICS:
+            raise ConfigError(f"--metric: unknown metric {args.metric!r}; use one of "
+                              f"{', '.join(METRICS)}")
+        check_store(uri, source)
+        client = MlflowClient(tracking_uri=uri)
+        parent = find_sweep(client, args.sweep, uri)
+        records = collect(client, parent.info.run_id)
+        if not records:
+            raise ConfigError(f"SWEEP: sweep {parent.info.run_id} ({parent.info.run_name}) "
+                              f"has no jobs yet; wait for its first job or pick another sweep")
+        metric = args.metric or default_metric(records) or "val_loss"
+        if not any(metric in r.metrics for r in records):
+            logged = [m for m in METRICS if any(m in r.metrics for r in records)]
+            raise ConfigError(f"--metric: no job of this sweep logged {metric}; use one of "
+                              f"{', '.join(logged) or '(none yet)'}")
+        where = write_report(client, parent, records, metric)
+    except ConfigError as err:
+        print(f"sweeplab: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    except (MlflowException, SQLAlchemyError) as err:  # a store that opens but fails
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        print(f"sweeplab: error: {source}: the MLflow store {uri} failed: {first}; point "
+              f"--tracking-uri at a working store", file=sys.stderr, flush=True)
+        return 2
+    console = Console()
+    for line in _headline(parent, records, metric):
+        console.print(line, highlight=False, soft_wrap=True)
+    print_table(records, metric, console)
+    console.print(f"report: {where.artifact_uri}/{HTML_FILE}", highlight=False, soft_wrap=True)
+    if where.local_dir and where.local_dir != where.artifact_uri:
+        console.print(f"        {os.path.join(where.local_dir, HTML_FILE)}", highlight=False,
+                      soft_wrap=True)
+    console.print(f"MLflow UI: {ui_url(uri, parent)}", highlight=False, soft_wrap=True)
+    if not uri.startswith(("http://", "https://")):
+        hint = "make ui" if uri == default_store() else f"mlflow ui --backend-store-uri {uri}"
+        console.print(f"           (start the UI with: {hint})", highlight=False, soft_wrap=True)
+    return 0
