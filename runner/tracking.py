@@ -94,6 +94,9 @@ class JobContext:
     common_overrides: Sequence[str] = ()  # shared by every job of the sweep (not in the name)
     log_file: Optional[str] = None  # the job's own log, logged as an artifact at the end
     extra_tags: Dict[str, str] = None  # e.g. how the job was launched
+    # Progress lines go to this logger (a launcher running several jobs in one process gives
+    # each its own, writing to the job's log file); None = the task module's logger.
+    logger_name: Optional[str] = None
 
 
 class TrackedRun:

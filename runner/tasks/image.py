@@ -138,6 +138,7 @@ class Job:
     step: int = 0
     diverged_at: Optional[int] = None
     label: str = ""  # prefix of its progress lines when several jobs train together
+    log: logging.Logger = log
 
     @property
     def alive(self) -> bool:
@@ -185,7 +186,8 @@ def run_variants(cfgs: Sequence, contexts: Sequence[JobContext]) -> List[float]:
             tracked = stack.enter_context(TrackedRun(cfg, context, tags))
             tracked.log_derived({"steps": plan_.steps, "steps_per_epoch": plan_.steps_per_epoch})
             jobs.append(Job(cfg, variant, make_evaluate(cfg.train, variant.model), tracked,
-                            label=f"[{tracked.name}] " if len(cfgs) > 1 else ""))
+                            label=f"[{tracked.name}] " if len(cfgs) > 1 else "",
+                            log=logging.getLogger(context.logger_name or __name__)))
         watch.add("setup", time.perf_counter() - started)
         fit(first.train, plan_, train_steps, jobs, splits.val, watch)
         for job in jobs:
@@ -226,14 +228,14 @@ def fit(train_cfg, plan_: Plan, train_steps, jobs: List[Job], val, watch: Stopwa
             job.step += interval.applied
             if interval.diverged:
                 job.diverged_at = job.step + 1
-                log.warning("%sdiverged at step %d (loss or gradient NaN/Inf): update not "
+                job.log.warning("%sdiverged at step %d (loss or gradient NaN/Inf): update not "
                             "applied, run stopped, marked diverged", job.label, job.diverged_at)
         step += k
         evals += 1
         evaluate_all()
         for job, interval in zip(jobs, intervals):
             if job.alive:
-                log.info("%sstep %*d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  lr %.3g",
+                job.log.info("%sstep %*d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  lr %.3g",
                          job.label, len(str(plan_.steps)), job.step, plan_.steps,
                          float(np.mean(interval.series["train_loss"])),
                          job.history["val_loss"][-1][1], job.history["val_acc"][-1][1],
@@ -271,7 +273,7 @@ def finish(job: Job, test, watch: Stopwatch, share: int) -> None:
     started = time.perf_counter()
     if job.alive:
         final["test_loss"], final["test_acc"] = job.evaluate(test.x, test.y)
-        log.info("%stest loss %.4f, test acc %.4f", job.label, final["test_loss"],
+        job.log.info("%stest loss %.4f, test acc %.4f", job.label, final["test_loss"],
                  final["test_acc"])
     else:
         final["diverged_at_step"] = job.diverged_at
