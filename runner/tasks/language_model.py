@@ -23,6 +23,7 @@ import tensorflow as tf
 import models
 from models.lstm_lm import state_shapes
 from runner import optim, plots, ptb
+from runner.outcome import classify_language_model
 from runner.loop import Stopwatch, Variant, make_train_steps, record_interval, seed_everything
 from runner.tasks import LANGUAGE_MODEL, TAG_TASK
 from runner.tracking import JobContext, TrackedRun
@@ -156,7 +157,10 @@ def run(cfg, job: JobContext) -> float:
         final["train_seconds"] = timings.get("time/train", 0.0) + timings.get("time/trace", 0.0)
         final["steps_per_second"] = steps / max(final["train_seconds"], 1e-9)
         started = time.perf_counter()
-        tracked.finish(final, outcome="ok" if diverged_at is None else "diverged")
+        valid_ppl = history["valid_perplexity"]
+        tracked.finish(final, outcome=classify_language_model(
+            diverged_at is not None, valid_ppl[-1][1] if valid_ppl else None,
+            corpus.info.vocab_size))
         tracking_seconds = time.perf_counter() - started
         started = time.perf_counter()
         tracked.log_figure(plots.perplexity_curves(history, final.get("test_perplexity")),
