@@ -1,6 +1,8 @@
 """Command line: `python -m runner` / `sweeplab`. Hydra parses overrides and sweeps.
 
 One job: validate the config once (before TensorFlow loads), pick its task, run it.
+`sweeplab report ...` (and the other SUBCOMMANDS) are plain argparse programs; anything else
+is the Hydra app.
 """
 import os
 import sys
@@ -43,7 +45,7 @@ def run_task(cfg, job: JobContext) -> float:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
+def hydra_app(cfg: DictConfig) -> float:
     try:
         validate(cfg)
         return run_task(cfg, job_context())
@@ -55,3 +57,20 @@ def main(cfg: DictConfig) -> float:
         # In a sweep, the other jobs still run; the sweep exits non-zero at the end.
         sweep.mark_rejected(str(err))
         return float("nan")
+
+
+def _report(argv) -> int:
+    from runner import report  # matplotlib and rich load only for this subcommand
+
+    return report.main(argv)
+
+
+# `sweeplab NAME ARGS...` -> NAME's main(ARGS) -> exit code.
+SUBCOMMANDS = {"report": _report}
+
+
+def main() -> None:
+    """`sweeplab` / `python -m runner`: a subcommand, or the Hydra app with overrides."""
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        sys.exit(SUBCOMMANDS[sys.argv[1]](sys.argv[2:]))
+    hydra_app()
