@@ -14,7 +14,7 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from runner import sweep, tasks  # noqa: E402
+from runner import progress, sweep, tasks  # noqa: E402
 from runner.config import ConfigError, register_configs, validate  # noqa: E402
 from runner.tracking import JobContext  # noqa: E402
 
@@ -48,7 +48,10 @@ def run_task(cfg, job: JobContext) -> float:
 def hydra_app(cfg: DictConfig) -> float:
     try:
         validate(cfg)
-        return run_task(cfg, job_context())
+        value = run_task(cfg, job_context())
+        if not sweep.in_multirun():
+            progress.reporter().close()
+        return value
     except ConfigError as err:
         # One line naming the option and the fix; no traceback for a user's typo.
         print(f"sweeplab: error: {err}", file=sys.stderr, flush=True)

@@ -14,12 +14,13 @@ import sys
 from typing import List, Optional
 
 from hydra.core.hydra_config import HydraConfig
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict, read_write
 
-from runner import report, tracking
+from runner import progress, report, tracking
 from runner.report import TAG_ROLE, TAG_SWEEP_DIR
 from runner.tasks import spec_for
 
@@ -74,8 +75,10 @@ class SweepCallback(Callback):
         ])
         self.parent_id = parent_id
         log.info("MLflow sweep run %s in %s", parent_id, uri)
+        progress.reporter().sweep_started(count_jobs(config))
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        progress.reporter().close()
         client = MlflowClient(tracking_uri=tracking.tracking_uri(config.mlflow))
         parent = getattr(self, "parent_id", None)
         if parent is not None:
@@ -90,6 +93,19 @@ class SweepCallback(Callback):
                   f"bad config values (see the lines above): {', '.join(rejected)}",
                   file=sys.stderr, flush=True)
             sys.exit(2)
+
+
+def count_jobs(config) -> Optional[int]:
+    """How many jobs the basic sweeper will make of the preset's sweep and the command line."""
+    params = {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
+    for line in config.hydra.overrides.task:  # the command line wins over the preset
+        key, _, value = line.partition("=")
+        params[key] = value
+    try:
+        parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+        return len(BasicSweeper.split_arguments(parsed, None)[0])
+    except Exception:  # a launcher or sweeper of its own: no total, the bars still work
+        return None
 
 
 def job_sweep_context() -> tuple:

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 import models
-from runner import data, optim, plots, stacked
+from runner import data, optim, plots, progress, stacked
 from runner.config import ConfigError
 from runner.outcome import classify
 from runner.loop import (Stopwatch, Variant, make_train_steps, record_interval,
@@ -27,6 +27,8 @@ from runner.tasks import IMAGE, TAG_TASK
 from runner.tracking import JobContext, TrackedRun
 
 log = logging.getLogger(__name__)
+# Every evaluation's line: to the job's log file (conf/hydra/job_logging), not the console.
+steps_log = logging.getLogger("sweeplab.steps")
 
 # Per-example losses; `data_loss` reduces them over the batch as train.loss_reduction says.
 PER_EXAMPLE_LOSSES = {
@@ -139,7 +141,7 @@ class Job:
     step: int = 0
     diverged_at: Optional[int] = None
     label: str = ""  # prefix of its progress lines when several jobs train together
-    log: logging.Logger = log
+    log: logging.Logger = steps_log
 
     @property
     def alive(self) -> bool:
@@ -187,7 +189,8 @@ def run_variants(cfgs: Sequence, contexts: Sequence[JobContext]) -> List[float]:
             tracked.log_derived({"steps": plan_.steps, "steps_per_epoch": plan_.steps_per_epoch})
             jobs.append(Job(cfg, variant.model, names, tracked,
                             label=f"[{tracked.name}] " if len(cfgs) > 1 else "",
-                            log=logging.getLogger(context.logger_name or __name__)))
+                            log=logging.getLogger(context.logger_name or steps_log.name)))
+            progress.reporter().job_started(tracked.run_id, tracked.name, plan_.steps)
         watch.add("setup", time.perf_counter() - started)
         fit(first.train, plan_, train_steps, evaluate, jobs, splits.val, watch)
         train_steps.finish()
@@ -255,16 +258,18 @@ def fit(train_cfg, plan_: Plan, train_steps, evaluate, jobs: List[Job], val,
             job.step += interval.applied
             if interval.diverged:
                 job.diverged_at = job.step + 1
-                job.log.warning("%sdiverged at step %d (loss or gradient NaN/Inf): update not "
+                log.warning("%sdiverged at step %d (loss or gradient NaN/Inf): update not "
                             "applied, run stopped, marked diverged", job.label, job.diverged_at)
         step += k
         evals += 1
         evaluate_all()
         for job, interval in zip(jobs, intervals):
             if job.alive:
+                train_loss = float(np.mean(interval.series["train_loss"]))
+                progress.reporter().job_step(job.tracked.run_id, job.step, train_loss,
+                                             job.history["val_acc"][-1][1])
                 job.log.info("%sstep %*d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  lr %.3g",
-                         job.label, len(str(plan_.steps)), job.step, plan_.steps,
-                         float(np.mean(interval.series["train_loss"])),
+                         job.label, len(str(plan_.steps)), job.step, plan_.steps, train_loss,
                          job.history["val_loss"][-1][1], job.history["val_acc"][-1][1],
                          interval.series["lr"][-1])
 
@@ -322,6 +327,9 @@ def finish(job: Job, test, info, watch: Stopwatch, share: int) -> None:
     job.tracked.log_metrics({**shared, "time/tracking": tracking_seconds,
                              "time/plots": plot_seconds}, step=0)
     job.tracked.flush()
+    summary = (f"val_loss {val_loss[-1][1]:.4f}, test_acc {final['test_acc']:.4f}"
+               if job.alive else f"diverged at step {job.diverged_at}")
+    progress.reporter().job_finished(job.tracked.run_id, outcome, summary)
 
 
 def log_figures(cfg, history, weights, tracked):
