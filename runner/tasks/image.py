@@ -211,10 +211,13 @@ def engine(cfgs, variants: List[Variant], batches):
     train_cfg = cfgs[0].train
     if len(variants) == 1:
         (variant,) = variants
-        train_steps = make_train_steps(variants, capacity=train_cfg.eval_every,
-                                       jit_compile=train_cfg.jit_compile)
-        single = make_evaluate(train_cfg, variant.model)
+        one = make_train_steps(variant, capacity=train_cfg.eval_every,
+                               jit_compile=train_cfg.jit_compile)
+
+        def train_steps(k):
+            return [one(k)]
         train_steps.finish = lambda: None  # the Keras model trained in place
+        single = make_evaluate(train_cfg, variant.model)
         return train_steps, lambda x, y: [single(x, y)], variant.variable_names
     net = stacked.StackedNet([v.model for v in variants])
     per_example = PER_EXAMPLE_LOSSES[train_cfg.loss]

@@ -129,7 +129,7 @@ def run(cfg, job: JobContext) -> float:
     variant = Variant(model=model, optimizer=optim.optimizer(cfg.optimizer, lr_at), lr_at=lr_at,
                       clipping=cfg.clipping, regularizer=cfg.regularizer, batches=windows,
                       objective=objective(cfg.train, state, num_steps))
-    train_steps = make_train_steps([variant], capacity=cfg.train.eval_every,
+    train_steps = make_train_steps(variant, capacity=cfg.train.eval_every,
                                    jit_compile=cfg.train.jit_compile)
     # Valid as the reference's mvalid (the training batch); test with train.eval_batch_size
     # streams (the reference: 1, one unbroken pass over the test text).
@@ -202,7 +202,7 @@ def fit(cfg, plan: Plan, train_steps, variant, resettable, valid, tracked, watch
         while done_in_epoch < in_epoch:
             k = min(cfg.train.eval_every, in_epoch - done_in_epoch)
             started = time.perf_counter()
-            (interval,) = train_steps(k)
+            interval = train_steps(k)
             seconds = time.perf_counter() - started
             epoch_seconds += seconds
             watch.train_call(seconds, k)
