@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 UI_PORT ?= 5000
 
-.PHONY: setup run test test-slow test-all ui bench data clean
+.PHONY: setup run test test-slow test-all ui bench bench-sweep data clean
 
 # Recreated whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -40,6 +40,12 @@ ui: setup
 # Training-loop speed, measured side by side in one run (prints ratios).
 bench: setup
 	$(PY) benchmarks/bench_loop.py
+
+# The 16-job lr x clipping sweep end to end per launcher (basic, joblib, stacked), side by
+# side in one run: seconds, ratios, per-job breakdown. BENCH_SWEEP_ARGS="--steps 100" for a
+# quick run.
+bench-sweep: setup
+	$(PY) benchmarks/bench_sweep.py $(BENCH_SWEEP_ARGS)
 
 # Optional: full Fashion-MNIST from Debian (needs root/sudo and apt).
 data:
