@@ -8,11 +8,11 @@ ones (synthetic values, real lengths and names):
   seed 003  784-1500-1000-500-10 MLP, 30000 steps, an evaluation every 100, curves also
             without the first 20 evaluations, its 4 weight matrices (784x1500 ...) as images:
             curves, curves_skip20, grad_norms, grad_norms_per_variable, weights.
-Each figure is built and written as PNG with `figure.savefig(path)`, the call MLflow's
-`log_figure` makes (`--mlflow` goes through a real `MlflowClient.log_figure` into a sqlite
-store in a temporary folder instead). Renderings: `old` = runner.plots.DETAILED (every point,
-100 dpi, constrained layout, matplotlib's default ticks), `new` = runner.plots.CHEAP (the
-default).
+Each figure is built and written as PNG with `figure.savefig(path, **savefig_kwargs)`, the
+call MLflow's `log_figure(..., save_kwargs=rendering.savefig_kwargs)` makes (`--mlflow` goes
+through a real `MlflowClient.log_figure` into a sqlite store in a temporary folder instead).
+Renderings: `old` = runner.plots.DETAILED (every point, 100 dpi, constrained layout,
+matplotlib's own ticks, zlib level 6), `new` = runner.plots.CHEAP (the default).
 
 Timed: CPU seconds of this process (time.process_time) per figure, median over --repeats,
 old and new interleaved. "fresh process" rows: a job draws its figures once, in a process
@@ -104,11 +104,11 @@ def workloads():
 # ---------------------------------------------------------------- measuring
 
 def png_writer(folder, use_mlflow):
-    """(figure, name) -> path of the PNG written, the way the job would write it."""
+    """(figure, name, rendering) -> path of the PNG written, the way the job writes it."""
     if not use_mlflow:
-        def write(figure, name):
+        def write(figure, name, rendering):
             path = os.path.join(folder, name)
-            figure.savefig(path)  # what MlflowClient.log_figure does with a Figure
+            figure.savefig(path, **rendering.savefig_kwargs)  # what log_figure does
             return path
         return write
     from mlflow.tracking import MlflowClient  # only with --mlflow: importing it takes seconds
@@ -117,8 +117,8 @@ def png_writer(folder, use_mlflow):
     exp = client.create_experiment("bench_plots", artifact_location=f"{folder}/artifacts")
     run_id = client.create_run(exp).info.run_id
 
-    def write(figure, name):
-        client.log_figure(run_id, figure, f"plots/{name}")
+    def write(figure, name, rendering):
+        client.log_figure(run_id, figure, f"plots/{name}", save_kwargs=rendering.savefig_kwargs)
         return os.path.join(folder, "artifacts", run_id, "artifacts", "plots", name)
     return write
 
@@ -126,7 +126,7 @@ def png_writer(folder, use_mlflow):
 def cpu_seconds(make, rendering, write, name):
     """CPU seconds to build one figure and write its PNG; also its pixel size and bytes."""
     started = time.process_time()
-    path = write(make(rendering), name)
+    path = write(make(rendering), name, rendering)
     seconds = time.process_time() - started
     with Image.open(path) as image:
         size = image.size

@@ -14,8 +14,8 @@ thread each (1/1), once with TF's default threads -- the shape of a 2-worker lau
 Columns: steady = mean ms per step over every call after the first (tracing excluded);
 for the 2-process rows it is the mean of the two processes. "throughput" = steady steps
 per second of all processes together (their steady phases must overlap; a warning says if
-they did not). "trace" = first call minus its steps at the steady rate. Ratios are to the default row
-(ms/step: < 1 is faster; throughput: > 1 is more steps per second on the machine).
+they did not). "trace" = first call minus its steps at the steady rate. Ratios are to
+the default row (ms/step: < 1 is faster; throughput: > 1 is more steps per second).
 `--rounds N` repeats every setting N times, interleaved, and reports medians.
 
 Usage (from the project root):

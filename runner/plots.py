@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter, LogLocator, MaxNLocator
+from matplotlib.ticker import LogFormatter, LogLocator, MaxNLocator, NullLocator
 
 
 @dataclass(frozen=True)
@@ -28,15 +28,22 @@ class Rendering:
     # False: fixed margins in inches and titles pinned above the axes.
     measure_text: bool = False
     # Each tick costs ~1 ms of Python and a mathtext label ~5 ms. A number: linear axes get
-    # at most this many tick intervals, log axes minor ticks at 2 and 5 only (not 2..9) and
-    # plain-text labels (1e-02, not 10^-2), weight images ticks at their first and last row
-    # and column. None: matplotlib's automatic ticks.
-    tick_bins: Optional[int] = 4
+    # at most this many tick intervals; log axes plain-text labels (1e-02, not 10^-2) and
+    # minor ticks at 2 and 5 only (not 2..9), none when two decades or more are shown;
+    # weight images no ticks (their titles give the shape). None: matplotlib's own ticks.
+    tick_bins: Optional[int] = 5
+    # zlib level of the PNG (Pillow's default is 6); 1 is ~2x faster for ~10% more bytes.
+    png_compress_level: int = 1
+
+    @property
+    def savefig_kwargs(self):
+        """Keyword arguments for `Figure.savefig` (MLflow: `log_figure(save_kwargs=...)`)."""
+        return {"pil_kwargs": {"compress_level": self.png_compress_level}}
 
 
 CHEAP = Rendering()
 DETAILED = Rendering(dpi=100, max_points=None, max_image_side=None, measure_text=True,
-                     tick_bins=None)
+                     tick_bins=None, png_compress_level=6)
 
 # Fixed margins (inches) around the axes when constrained layout is off: room for tick
 # labels, an axis label and a title at 10 pt.
@@ -45,12 +52,15 @@ SUPTITLE_ROOM = 0.3  # extra inches at the top for a figure title
 
 
 def _subplots(rendering, size, rows=1, cols=1, gap=(0.7, 0.6), top=MARGINS["top"],
-              right=MARGINS["right"], **kw):
-    """A Figure of `size` inches with a rows x cols grid of axes `gap` inches apart."""
+              right=MARGINS["right"], count=None, **kw):
+    """A Figure of `size` inches with a rows x cols grid of axes `gap` inches apart.
+
+    `count`: only the first `count` cells get axes (an Axes costs ~10 ms even when empty).
+    """
     size = width, height = size[0] * rendering.scale, size[1] * rendering.scale
     if rendering.measure_text:
         fig = Figure(figsize=size, dpi=rendering.dpi, layout="constrained")
-        return fig, fig.subplots(rows, cols, squeeze=False, **kw)
+        return fig, _grid(fig, rows, cols, count, **kw)
     fig = Figure(figsize=size, dpi=rendering.dpi)
     left, bottom = MARGINS["left"], MARGINS["bottom"]
     axes_width = (width - left - right - (cols - 1) * gap[0]) / cols
@@ -58,12 +68,18 @@ def _subplots(rendering, size, rows=1, cols=1, gap=(0.7, 0.6), top=MARGINS["top"
     fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
                         top=1 - top / height, wspace=gap[0] / axes_width,
                         hspace=gap[1] / axes_height)
-    axes = fig.subplots(rows, cols, squeeze=False, **kw)
+    axes = _grid(fig, rows, cols, count, **kw)
     if rendering.tick_bins:
         for ax in axes.flat:
-            ax.xaxis.set_major_locator(MaxNLocator(rendering.tick_bins))
-            ax.yaxis.set_major_locator(MaxNLocator(rendering.tick_bins))
+            for axis in (ax.xaxis, ax.yaxis):  # round steps, as matplotlib's own locator
+                axis.set_major_locator(MaxNLocator(rendering.tick_bins, steps=[1, 2, 2.5, 5, 10]))
     return fig, axes
+
+
+def _grid(fig, rows, cols, count, **kw):
+    if count is None:
+        return fig.subplots(rows, cols, squeeze=False, **kw)
+    return np.array([[fig.add_subplot(rows, cols, i + 1, **kw) for i in range(count)]])
 
 
 def envelope(steps, values, max_points):
@@ -92,9 +108,13 @@ def _title(ax, text, rendering, **style) -> None:
 
 
 def _log_y(ax, rendering) -> None:
+    """Log y axis; with sparse ticks, minor ticks only where decades alone read poorly."""
     ax.set_yscale("log")
     if rendering.tick_bins:
-        ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        low, high = ax.get_ylim()  # the data is drawn: these are the final limits
+        few_decades = high / low < 100
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)) if few_decades
+                                   else NullLocator())
         ax.yaxis.set_major_formatter(LogFormatter())
         ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))  # labels a short span
 
@@ -213,14 +233,14 @@ def weight_images(weights, rendering: Rendering = CHEAP) -> Figure:
     """Each weight matrix min-max normalised to [0, 1] as an image (seed 003's w1..w4).
 
     Rows and columns beyond `rendering.max_image_side` are strided, as nearest-neighbour
-    drawing would do anyway; axes keep the matrix's own row and column numbers.
+    drawing would do anyway; the image keeps the matrix's own row and column coordinates.
     """
     names = list(weights)
     cols = min(4, max(1, len(names)))
     rows = max(1, -(-len(names) // cols))
-    fig, axes = _subplots(rendering, (3.4 * cols, 3.2 * rows), rows, cols, gap=(0.6, 0.7))
-    axes = axes.ravel()
-    for ax, name in zip(axes, names):
+    fig, axes = _subplots(rendering, (3.4 * cols, 3.2 * rows), rows, cols, gap=(0.6, 0.7),
+                          count=len(names))
+    for ax, name in zip(axes.flat, names):
         w = weights[name]
         w = w.reshape(-1, w.shape[-1])  # conv kernels: one column per output channel
         span = w.max() - w.min()
@@ -229,10 +249,8 @@ def weight_images(weights, rendering: Rendering = CHEAP) -> Figure:
                   cmap="viridis", interpolation="nearest",
                   extent=(-0.5, w.shape[1] - 0.5, w.shape[0] - 0.5, -0.5))
         if rendering.tick_bins:
-            ax.set(xticks=[0, w.shape[1] - 1], yticks=[0, w.shape[0] - 1])
+            ax.set_axis_off()  # the title gives the shape; tick machinery is most of the cost
         _title(ax, f"{name} {tuple(weights[name].shape)}", rendering, fontsize="small")
-    for ax in axes[len(names):]:
-        ax.axis("off")
     return fig
 
 

@@ -121,6 +121,7 @@ def test_weight_images_keep_matrix_coordinates_when_strided():
     assert big.get_extent() == [-0.5, 1499.5, 783.5, -0.5]  # ticks read as matrix indices
     assert small.get_array().shape == (25, 6)  # conv kernel: one column per output channel
     assert fig.axes[0].get_title() == "w1 (784, 1500)"
+    assert len(fig.axes) == 2  # no empty axes for the unused cells of the grid
     full = plots.weight_images(weights, DETAILED).axes[0].get_images()[0]
     assert full.get_array().shape == (784, 1500)
 
@@ -138,7 +139,8 @@ def test_perplexity_curves_draw_with_a_learning_rate_axis():
 @pytest.mark.parametrize("rendering", [CHEAP, DETAILED], ids=["cheap", "detailed"])
 def test_png_size_follows_dpi_and_scale(tmp_path, rendering):
     path = tmp_path / "curves.png"
-    plots.curves(history(), rendering=rendering).savefig(path)  # as MLflow's log_figure does
+    figure = plots.curves(history(), rendering=rendering)
+    figure.savefig(path, **rendering.savefig_kwargs)  # as MLflow's log_figure(save_kwargs=)
     with Image.open(path) as image:
         assert image.size == (round(11 * rendering.scale * rendering.dpi),
                               round(4.2 * rendering.scale * rendering.dpi))
