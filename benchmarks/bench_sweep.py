@@ -144,8 +144,8 @@ def report(rows, skipped, steps):
                      f"{row['ok']:>5}/{JOBS}")
     for name in skipped:
         lines.append(f"{name:<9} n/a (not installed)")
-    lines += ["", "per job, mean over children, seconds ('x basic' = how many times faster "
-              "than basic; '-' = metric not logged):",
+    lines += ["", "per job, mean over children, seconds ('-' = metric not logged; "
+              "x basic above: > 1 = faster than basic):",
               f"{'launcher':<9} {'wall/16':>8} " + " ".join(f"{t:>8}" for t in TIMERS)
               + f" {'mlflow run':>10} {'train_s':>8}"]
     for name, row in rows.items():
