@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 CLUSTER_STAMP := $(VENV)/.cluster-installed-stamp
 UI_PORT ?= 5000
 
-.PHONY: setup run test test-slow test-all test-cluster ui bench data clean
+.PHONY: setup run test test-slow test-all test-cluster ui bench bench-sweep sweep data clean
 
 # Recreated whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -51,6 +51,12 @@ ui: setup
 # Training-loop speed, measured side by side in one run (prints ratios).
 bench: setup
 	$(PY) benchmarks/bench_loop.py
+
+# The 16-job lr x clipping sweep end to end per launcher (basic, joblib, stacked), side by
+# side in one run: seconds, ratios, per-job breakdown. BENCH_SWEEP_ARGS="--steps 100" for a
+# quick run.
+bench-sweep: setup
+	$(PY) benchmarks/bench_sweep.py $(BENCH_SWEEP_ARGS)
 
 # Optional: full Fashion-MNIST from Debian (needs root/sudo and apt).
 data:

@@ -166,8 +166,8 @@ class TrackedRun:
         self.client.set_tag(self.run_id, "outcome", outcome)
         self.client.log_dict(self.run_id, final, "final_metrics.json")
 
-    def log_figure(self, figure, name: str) -> None:
-        self.client.log_figure(self.run_id, figure, f"plots/{name}")
+    def log_figure(self, figure, name: str, save_kwargs: Optional[dict] = None) -> None:
+        self.client.log_figure(self.run_id, figure, f"plots/{name}", save_kwargs=save_kwargs)
 
     def __exit__(self, exc_type, exc, tb):
         try:

@@ -337,11 +337,12 @@ def finish(job: Job, test, info, watch: Stopwatch, share: int) -> None:
 
 def log_figures(cfg, history, weights, tracked):
     """The run's PNGs: curves (also without the first evaluations), gradient norms, weights."""
-    tracked.log_figure(plots.curves(history), "curves.png")
+    tracked.log_figure(plots.curves(history), "curves.png", plots.PNG)
     if cfg.skip_first > 0:
         tracked.log_figure(plots.curves(history, skip_first=cfg.skip_first),
-                           f"curves_skip{cfg.skip_first}.png")
-    tracked.log_figure(plots.grad_norms(history), "grad_norms.png")
+                           f"curves_skip{cfg.skip_first}.png", plots.PNG)
+    tracked.log_figure(plots.grad_norms(history), "grad_norms.png", plots.PNG)
     if history["var_norms"]:
-        tracked.log_figure(plots.grad_norms_per_variable(history), "grad_norms_per_variable.png")
-    tracked.log_figure(plots.weight_images(weights), "weights.png")
+        tracked.log_figure(plots.grad_norms_per_variable(history), "grad_norms_per_variable.png",
+                           plots.PNG)
+    tracked.log_figure(plots.weight_images(weights), "weights.png", plots.PNG)

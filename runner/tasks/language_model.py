@@ -167,11 +167,11 @@ def run(cfg, job: JobContext) -> float:
         tracking_seconds = time.perf_counter() - started
         started = time.perf_counter()
         tracked.log_figure(plots.perplexity_curves(history, final.get("test_perplexity")),
-                           "perplexity.png")
-        tracked.log_figure(plots.grad_norms(history), "grad_norms.png")
+                           "perplexity.png", plots.PNG)
+        tracked.log_figure(plots.grad_norms(history), "grad_norms.png", plots.PNG)
         if history["var_norms"]:
             tracked.log_figure(plots.grad_norms_per_variable(history),
-                               "grad_norms_per_variable.png")
+                               "grad_norms_per_variable.png", plots.PNG)
         tracked.log_metrics({**timings, "time/tracking": tracking_seconds,
                              "time/plots": time.perf_counter() - started}, step=0)
         progress.reporter().job_finished(

@@ -1,0 +1,203 @@
+"""The mission's 16-job sweep end to end, one launcher after another, side by side in one run.
+
+  python -m runner -m experiment=lenet_clip dataset=mnist_5k \
+      optimizer.lr=0.00005,0.0005,0.005,0.05 clipping=none,value,norm,global_norm
+
+Each launcher gets a fresh temporary folder (its cwd, sweep dir and sqlite MLflow store):
+  basic    Hydra's basic launcher: the 16 jobs one after another in one process
+  joblib   hydra/launcher=joblib hydra.launcher.n_jobs=2 (two worker processes)
+  stacked  hydra/launcher=stacked, the project's own launcher; "n/a (not installed)" when
+           `python -m runner hydra/launcher=stacked --cfg hydra` does not compose here
+
+Timed: wall seconds from starting `python -m runner` to its exit (every job done, the parent
+run closed), and the CPU seconds of that process tree. Then the store is read back: every
+child run must be FINISHED with plots/curves.png, else a warning line says which are not.
+
+Per-job breakdown, mean over the children, from MLflow metrics the runner logs at the end
+of each job: time/setup, time/trace, time/train, time/eval, time/tracking, time/plots
+("-" where a metric is absent). Also shown, from what every run has today: the child run's
+own wall time in MLflow (create -> terminated, so not the job's process start, imports and
+data loading) and `train_seconds` (inside the compiled training calls, tracing included).
+
+Usage (from the project root; `make bench-sweep` runs the first line):
+  .venv/bin/python benchmarks/bench_sweep.py
+  .venv/bin/python benchmarks/bench_sweep.py --steps 100 --launchers basic,joblib
+"""
+import argparse
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SWEEP = ["-m", "experiment=lenet_clip", "dataset=mnist_5k",
+         "optimizer.lr=0.00005,0.0005,0.005,0.05", "clipping=none,value,norm,global_norm"]
+JOBS = 16
+LAUNCHERS = {
+    "basic": [],
+    "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    "stacked": ["hydra/launcher=stacked"],
+}
+TIMERS = ("setup", "trace", "train", "eval", "tracking", "plots")  # metrics time/<name>
+EXPERIMENT = "sweeplab"  # conf: mlflow.experiment_name
+
+
+def runner_env():
+    return dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def installed(launcher, folder):
+    """Does `hydra/launcher=<launcher>` compose in this checkout (plugin found by Hydra)?"""
+    if not LAUNCHERS[launcher]:
+        return True
+    probe = subprocess.run([sys.executable, "-m", "runner", *LAUNCHERS[launcher], "--cfg",
+                            "hydra", "-p", "hydra.launcher"], cwd=folder, env=runner_env(),
+                           capture_output=True, text=True, timeout=300)
+    return probe.returncode == 0
+
+
+def run_sweep(launcher, folder, steps):
+    """Run the sweep once in `folder`; (wall seconds, CPU seconds, exit code, stderr tail)."""
+    command = [sys.executable, "-m", "runner", *SWEEP, *LAUNCHERS[launcher],
+               f"mlflow.tracking_uri=sqlite:///{folder}/mlflow.db",
+               f"hydra.sweep.dir={folder}/sweep"]
+    if steps:
+        command.append(f"train.steps={steps}")
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=folder, env=runner_env(), capture_output=True,
+                          text=True, timeout=3600)
+    wall = time.perf_counter() - started
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    return wall, cpu, done.returncode, done.stderr.strip().splitlines()[-3:]
+
+
+def read_store(folder):
+    """Children of the sweep: [(run, {timer: seconds}, has curves.png)], from the store."""
+    from mlflow.tracking import MlflowClient  # slow import: only once a sweep has run
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder}/mlflow.db")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    children = []
+    for run in runs:
+        if "mlflow.parentRunId" not in run.data.tags:
+            continue
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        timers = {name: run.data.metrics[f"time/{name}"] for name in TIMERS
+                  if f"time/{name}" in run.data.metrics}
+        children.append((run, timers, "plots/curves.png" in plots))
+    return children
+
+
+def summarise(launcher, wall, cpu, code, stderr, children):
+    """One row of numbers plus the warning lines for `launcher`."""
+    warnings = []
+    if code != 0:
+        warnings.append(f"{launcher}: exit code {code}: {' | '.join(stderr)[-300:]}")
+    if len(children) != JOBS:
+        warnings.append(f"{launcher}: {len(children)} child runs in the store, expected {JOBS}")
+    unfinished = [r.info.run_name for r, _, _ in children if r.info.status != "FINISHED"]
+    if unfinished:
+        warnings.append(f"{launcher}: not FINISHED: {', '.join(unfinished)}")
+    no_plots = [r.info.run_name for r, _, has in children if not has]
+    if no_plots:
+        warnings.append(f"{launcher}: no plots/curves.png: {', '.join(no_plots)}")
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return statistics.mean(values) if values else None
+
+    row = {"wall": wall, "cpu": cpu,
+           "ok": sum(1 for r, _, has in children if r.info.status == "FINISHED" and has),
+           "run_wall": mean([(r.info.end_time - r.info.start_time) / 1e3
+                             for r, _, _ in children if r.info.end_time]),
+           "train_seconds": mean([r.data.metrics.get("train_seconds") for r, _, _ in children])}
+    for name in TIMERS:
+        row[name] = mean([timers.get(name) for _, timers, _ in children])
+    return row, warnings
+
+
+# ---------------------------------------------------------------- report
+
+def cell(value, width, digits=2):
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.{digits}f}"
+
+
+def report(rows, skipped, steps):
+    basic = rows.get("basic")
+    lines = [f"16-job sweep (experiment=lenet_clip dataset=mnist_5k, 4 lr x 4 clipping), "
+             f"train.steps={steps or 'preset (1000)'}; nproc={len(os.sched_getaffinity(0))}",
+             "", f"{'launcher':<9} {'wall s':>8} {'x basic':>8} {'CPU s':>8} {'jobs ok':>8}"]
+    for name, row in rows.items():
+        speedup = f"{basic['wall'] / row['wall']:.2f}x" if basic else "-"
+        lines.append(f"{name:<9} {row['wall']:>8.1f} {speedup:>8} {row['cpu']:>8.1f} "
+                     f"{row['ok']:>5}/{JOBS}")
+    for name in skipped:
+        lines.append(f"{name:<9} n/a (not installed)")
+    lines += ["", "per job, mean over children, seconds ('-' = metric not logged; "
+              "x basic above: > 1 = faster than basic):",
+              f"{'launcher':<9} {'wall/16':>8} " + " ".join(f"{t:>8}" for t in TIMERS)
+              + f" {'mlflow run':>10} {'train_s':>8}"]
+    for name, row in rows.items():
+        lines.append(f"{name:<9} {row['wall'] / JOBS:>8.2f} "
+                     + " ".join(cell(row[t], 8) for t in TIMERS)
+                     + f" {cell(row['run_wall'], 10)} {cell(row['train_seconds'], 8)}")
+    lines.append("wall/16: sweep wall time per job. mlflow run: a child run's create -> "
+                 "terminated time. train_s: the runner's train_seconds metric (compiled "
+                 "training calls incl. tracing).")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--steps", type=int, help="override train.steps (default: the "
+                        "preset's 1000) for a quick run")
+    parser.add_argument("--launchers", default="basic,joblib,stacked",
+                        help="comma-separated, from: " + ",".join(LAUNCHERS))
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary folders (sweep dirs, stores) and print them")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.launchers.split(",") if n.strip()]
+    unknown = [n for n in names if n not in LAUNCHERS]
+    if unknown or not names:
+        parser.error(f"--launchers: unknown {', '.join(unknown) or '(none)'}; "
+                     f"choose from {','.join(LAUNCHERS)}")
+
+    load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    rows, skipped, warnings = {}, [], []
+    for name in names:
+        folder = tempfile.mkdtemp(prefix=f"bench_sweep_{name}_")
+        try:
+            if not installed(name, folder):
+                skipped.append(name)
+                continue
+            print(f"  {name} ...", end="", flush=True, file=sys.stderr)
+            wall, cpu, code, stderr = run_sweep(name, folder, args.steps)
+            print(f" {wall:.1f} s", file=sys.stderr, flush=True)
+            rows[name], found = summarise(name, wall, cpu, code, stderr, read_store(folder))
+            warnings += found
+        finally:
+            if args.keep:
+                print(f"  kept {folder}", file=sys.stderr)
+            else:
+                shutil.rmtree(folder, ignore_errors=True)
+    print("\n".join(report(rows, skipped, args.steps)))
+    for line in warnings:
+        print(f"WARNING: {line}")
+    print(f"load average 1/5/15 min: {load_at_start} at start, "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at end (2 cores: above ~1 means "
+          f"other processes shared them; wall times are then inflated)")
+
+
+if __name__ == "__main__":
+    main()
