@@ -70,12 +70,9 @@ class Sweep:
 def sweep(tmp_path_factory) -> Sweep:
     """A real 4-job sweep run by the CLI in a tmp dir, into its default store."""
     cwd = tmp_path_factory.mktemp("ui_sweep")
-    if os.environ.get("DEVSTORE"):  # DEV-ONLY
-        store = os.environ["DEVSTORE"]
-    else:
-        done = run_cli(list(SWEEP), cwd)
-        assert done.returncode == 0, done.stderr[-3000:]
-        store = f"sqlite:///{cwd}/outputs/mlflow.db"
+    done = run_cli(list(SWEEP), cwd)
+    assert done.returncode == 0, done.stderr[-3000:]
+    store = f"sqlite:///{cwd}/outputs/mlflow.db"
     _, runs = runs_of(store)
     parents = [r for r in runs if r.data.tags.get("sweeplab.role") == "sweep"]
     assert len(parents) == 1
@@ -117,13 +114,23 @@ def ui(sweep, tmp_path_factory) -> str:
                 time.sleep(1)
         yield base
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        _stop_group(server)
         log.close()
+
+
+def _stop_group(server: subprocess.Popen) -> None:
+    """SIGTERM the server's own process group (uvicorn and its worker), wait, then SIGKILL
+    whatever of that group is left."""
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the whole group is gone already
+        pass
+    server.wait()
 
 
 @pytest.fixture(scope="module")
