@@ -4,9 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 CLUSTER_STAMP := $(VENV)/.cluster-installed-stamp
+UI_TEST_STAMP := $(VENV)/.ui-test-installed-stamp
 UI_PORT ?= 5000
 
-.PHONY: setup run test test-slow test-all test-cluster ui bench bench-sweep sweep data clean
+.PHONY: setup run test test-slow test-all test-cluster test-ui ui bench bench-sweep sweep data clean
 
 # Recreated whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -42,9 +43,26 @@ $(CLUSTER_STAMP): $(STAMP)
 test-cluster: $(CLUSTER_STAMP)
 	$(PY) -m pytest -q -m cluster
 
-# MLflow UI on the project's tracking store, local only.
+# The MLflow UI in a real browser (tests/test_ui.py): a 4-job sweep, `mlflow ui` on 127.0.0.1,
+# headless Chromium driven by selenium. Chromium and its driver come from Debian (root or sudo;
+# no browser download), selenium from the .[ui-test] extra. Saves docs/img/ui_*.png.
+$(UI_TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,ui-test]"
+	touch $(UI_TEST_STAMP)
+
+test-ui: $(UI_TEST_STAMP)
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+	  { apt-get update && apt-get install -y chromium chromium-driver; } || \
+	  { sudo apt-get update && sudo apt-get install -y chromium chromium-driver; }
+	$(PY) -m pytest -q -m browser
+
+# MLflow UI on the project's tracking store, local only. First prints the direct links to the
+# newest sweep (MLflow 3 would otherwise open the experiment on its GenAI overview).
 ui: setup
 	@mkdir -p outputs
+	-@$(PY) -c 'import sys; from runner.report import newest_sweep_links; \
+	  print(*newest_sweep_links(sys.argv[1], sys.argv[2]), sep="\n")' \
+	  sqlite:///$(CURDIR)/outputs/mlflow.db http://127.0.0.1:$(UI_PORT)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/outputs/mlflow.db \
 	  --default-artifact-root $(CURDIR)/outputs/mlartifacts --host 127.0.0.1 --port $(UI_PORT)
 

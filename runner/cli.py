@@ -16,9 +16,11 @@ from omegaconf import DictConfig  # noqa: E402
 
 from runner import progress, sweep, tasks  # noqa: E402
 from runner.config import ConfigError, register_configs, validate  # noqa: E402
+from runner.help import register_help_resolver  # noqa: E402
 from runner.tracking import JobContext  # noqa: E402
 
 register_configs()
+register_help_resolver()  # `--help` lists the options from conf/
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 

@@ -37,6 +37,9 @@ REPORT_DIR = "report"  # artifact folder on the parent run
 MAP_PNG, CURVES_PNG, HTML_FILE, MD_FILE = ("sweep_map.png", "sweep_curves.png", "report.html",
                                            "report.md")
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves a local store
+# MLflow 3 opens an experiment, and a run page reached from it, in its GenAI layout; this query
+# switches the sidebar to "Model training", whose Runs page is the runs table.
+MODEL_TRAINING = "?workflowType=machine_learning"
 PROBE_SECONDS = 3.0  # a tracking server that does not answer /health in this long is down
 
 
@@ -298,7 +301,35 @@ def find_sweep(client: MlflowClient, sweep: Optional[str], uri: str) -> Run:
 def ui_url(uri: str, run: Run) -> str:
     """The parent run's page in the MLflow UI: the server itself, or `make ui` locally."""
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
-    return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    return (f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+            f"{MODEL_TRAINING}")
+
+
+def newest_sweep_links(uri: str, ui: str = LOCAL_UI) -> List[str]:
+    """Lines for `make ui` to print: links to the newest sweep in the store at `uri` (its
+    experiment's runs table, its parent run, the parent's report), served at `ui`.
+
+    One line saying why when there is no store or no sweep yet; never creates a store and
+    never raises on a store that fails to open, so the UI still starts.
+    """
+    path = _local_path(uri) or (uri[len("sqlite:///"):] if uri.startswith("sqlite:///")
+                                else None)
+    if path and not os.path.exists(path):
+        return [f"No sweep yet: {path} does not exist (`make run` or `sweeplab -m ...` "
+                f"makes one)."]
+    try:
+        parent = _newest(MlflowClient(tracking_uri=uri), f"tags.`{TAG_ROLE}` = '{ROLE_SWEEP}'")
+    except (MlflowException, SQLAlchemyError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        return [f"No sweep links: the store {uri} failed to open ({first})."]
+    if parent is None:
+        return [f"No sweep yet in {uri} (`make run` or `sweeplab -m ...` runs one)."]
+    experiment = f"{ui.rstrip('/')}/#/experiments/{parent.info.experiment_id}"
+    run_page = f"{experiment}/runs/{parent.info.run_id}"
+    return [f"Newest sweep: {parent.info.run_name}",
+            f"  runs table:  {experiment}/runs{MODEL_TRAINING}",
+            f"  sweep run:   {run_page}{MODEL_TRAINING}",
+            f"  its report:  {run_page}/artifacts/{REPORT_DIR}/{HTML_FILE}{MODEL_TRAINING}"]
 
 
 def print_table(records: Sequence[JobRecord], metric: str, console: Console) -> None:
