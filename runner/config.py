@@ -200,6 +200,9 @@ class TrainConfig:
     jit_compile: bool = False
     # Per-step series (train_loss, grad norms, lr) go to MLflow every `log_every` steps.
     log_every: int = 1
+    # CPU threads TensorFlow runs one job's ops on (intra- and inter-op); null = its default,
+    # every core. 1 is faster for batches as small as seed 000's 8 (make bench-sweep measures).
+    threads: Optional[int] = None
 
 
 @dataclass
@@ -450,6 +453,8 @@ def validate_train(cfg) -> None:
              f"must be > 0 or null, got {cfg.epochs}", "e.g. train.epochs=13")
     _one_of(cfg.loss, "train.loss", LOSSES)
     _one_of(cfg.loss_reduction, "train.loss_reduction", LOSS_REDUCTIONS)
+    _require(cfg.threads is None or cfg.threads > 0, "train.threads",
+             f"must be > 0 or null, got {cfg.threads}", "e.g. train.threads=1")
 
 
 def validate_plots(cfg) -> None:

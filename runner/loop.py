@@ -33,6 +33,21 @@ def seed_everything(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
+def configure_threads(train_cfg) -> None:
+    """`train.threads` for this process's TensorFlow runtime, before it runs any op.
+
+    The runtime fixes its thread pools when it starts: a later job in the same process (the
+    basic launcher runs them one after another) keeps the first job's setting.
+    """
+    if train_cfg.threads is None:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(train_cfg.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(train_cfg.threads)
+    except RuntimeError:  # the runtime is already up
+        pass
+
+
 @dataclass
 class Variant:
     """One model the loop trains, with everything that may differ between sweep jobs.

@@ -21,8 +21,8 @@ import models
 from runner import data, optim, plots, progress, stacked
 from runner.config import ConfigError
 from runner.outcome import classify
-from runner.loop import (Stopwatch, Variant, make_train_steps, record_interval,
-                         seed_everything)
+from runner.loop import (Stopwatch, Variant, configure_threads, make_train_steps,
+                         record_interval, seed_everything)
 from runner.tasks import IMAGE, TAG_TASK
 from runner.tracking import JobContext, TrackedRun
 
@@ -172,6 +172,7 @@ def run_variants(cfgs: Sequence, contexts: Sequence[JobContext]) -> List[float]:
     watch = Stopwatch()
     started = time.perf_counter()
     first = cfgs[0]
+    configure_threads(first.train)
     splits = data.load(first.dataset, first.seed)
     plan_ = plan(first.train, len(splits.train.y))
     batches = ShuffledBatches(splits.train, first.train.batch_size, first.seed)

@@ -24,7 +24,8 @@ import models
 from models.lstm_lm import state_shapes
 from runner import optim, plots, progress, ptb
 from runner.outcome import classify_language_model
-from runner.loop import Stopwatch, Variant, make_train_steps, record_interval, seed_everything
+from runner.loop import (Stopwatch, Variant, configure_threads, make_train_steps,
+                         record_interval, seed_everything)
 from runner.tasks import LANGUAGE_MODEL, TAG_TASK
 from runner.tracking import JobContext, TrackedRun
 
@@ -116,6 +117,7 @@ def perplexity(mean_loss: float) -> float:
 def run(cfg, job: JobContext) -> float:
     """Train, evaluate and track one LM configuration; return the last valid perplexity."""
     watch, started = Stopwatch(), time.perf_counter()
+    configure_threads(cfg.train)
     seed_everything(cfg.seed)
     corpus = ptb.load(cfg.dataset, cfg.model.vocab_size)
     batch, num_steps = cfg.train.batch_size, cfg.model.num_steps
