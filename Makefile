@@ -23,6 +23,13 @@ setup: $(STAMP)
 run: setup
 	$(PY) -m runner -m experiment=lenet_clip
 
+# The mission's sweep: experiment=lr_clip (LeNet, 7 learning rates 0.00005-0.05 x 4 clipping
+# modes = 28 jobs), trained side by side by the stacked launcher, then its report: the map of
+# val_loss over lr x clipping, in the terminal and on the sweep's MLflow run (`make ui`).
+sweep: setup
+	$(PY) -m runner -m experiment=lr_clip hydra/launcher=stacked
+	$(PY) -m runner report
+
 # Fast suite (< 10 min on 2 cores); slow end-to-end studies are marked and run by test-slow.
 test: setup
 	$(PY) -m pytest -q
