@@ -14,12 +14,15 @@ class TaskSpec:
     name: str  # the MLflow tag `sweeplab.task`
     curves: Tuple[str, ...]  # per-evaluation metrics a sweep overlays
     final: Tuple[str, ...]  # final metrics in the sweep's summary table
+    objective: str  # what the task returns to Hydra (a sweeper minimises it): its last value
 
 
 IMAGE = TaskSpec("image_classification", curves=("val_loss", "val_acc"),
-                 final=("val_loss", "val_acc", "test_loss", "test_acc", "diverged_at_step"))
+                 final=("val_loss", "val_acc", "test_loss", "test_acc", "diverged_at_step"),
+                 objective="val_loss")
 LANGUAGE_MODEL = TaskSpec("language_model", curves=("valid_perplexity",),
-                          final=("valid_perplexity", "test_perplexity", "diverged_at_step"))
+                          final=("valid_perplexity", "test_perplexity", "diverged_at_step"),
+                          objective="valid_perplexity")
 TASKS = {spec.name: spec for spec in (IMAGE, LANGUAGE_MODEL)}
 TAG_TASK = "sweeplab.task"
 
