@@ -42,8 +42,16 @@ def give_up_seconds() -> float:
 
 
 def one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+    """`Type: message` on one line. Of a long message (TensorFlow's: a header, a stack of
+    'File ...' lines, then what went wrong) it keeps the first and last unindented lines."""
+    lines = [line for line in str(err).splitlines()
+             if line.strip() and not line[:1].isspace()
+             and not line.startswith(("File ", "Detected at node"))]
+    text = " ... ".join(dict.fromkeys([lines[0], lines[-1]])) if lines else ""
+    text = " ".join(text.split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def apply(client: MlflowClient, run_id: Optional[str], op: dict,

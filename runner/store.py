@@ -177,15 +177,16 @@ def store_lock(db_path: str):
 def open_client(uri: str) -> MlflowClient:
     """An MlflowClient whose store is set up; a fresh sqlite db is created under the lock.
 
-    MLflow builds (and on an empty db, creates and migrates) the store object on first use
-    and caches it per process; touching it under the lock means no second process can see
-    a half-migrated schema.
+    MLflow builds (and on an empty db, creates and migrates) the store object when a client
+    is made and caches it per process; making it under the lock means no second process can
+    see a half-migrated schema.
     """
-    client = MlflowClient(tracking_uri=uri)
     path = sqlite_path(uri)
-    if path:
-        with store_lock(path):
-            client._tracking_client.store  # noqa: B018  builds, creates and migrates the db
+    if not path:
+        return MlflowClient(tracking_uri=uri)
+    with store_lock(path):
+        client = MlflowClient(tracking_uri=uri)
+        client._tracking_client.store  # noqa: B018  built, created and migrated by now
     return client
 
 

@@ -23,7 +23,6 @@ import traceback
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence
 
-from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from runner import store
@@ -159,7 +158,7 @@ class TrackedRun:
                 if not store.is_transient(err):
                     raise
                 if time.monotonic() > deadline:
-                    self.client = MlflowClient(tracking_uri=uri)
+                    self.client = None  # the outbox journals from the start: no client needed
                     return err
                 time.sleep(1.0)
 
