@@ -53,8 +53,13 @@ def already_finished(cfg, job: JobContext):
     """In a resumed sweep: this config's FINISHED run under the same parent, if any."""
     if not job.parent_run_id:
         return None
-    client = store.open_client(tracking_uri(cfg.mlflow))
-    return sweep.finished_run(client, job.parent_run_id, config_hash(cfg))
+    try:
+        client = store.open_client(tracking_uri(cfg.mlflow))
+        return sweep.finished_run(client, job.parent_run_id, config_hash(cfg))
+    except Exception as err:  # the store is down: train anyway, the run saves what it can't send
+        if not store.is_transient(err):
+            raise
+        return None
 
 
 def run_job(cfg) -> float:

@@ -50,17 +50,22 @@ def is_launcher() -> bool:
     return _launcher_pid == os.getpid()
 
 
+def _say(message: str) -> None:
+    """A line on stderr, safe inside a signal handler (print() may be mid-write already)."""
+    os.write(sys.stderr.fileno(), (message + "\n").encode())
+
+
 def _on_signal(signum: int, frame=None) -> None:
     global _received
     if _received is not None:
         if is_launcher():
-            print(f"sweeplab: already stopping (closing runs); kill -9 {os.getpid()} stops at "
-                  f"once, its open runs are then marked lost", file=sys.stderr, flush=True)
+            _say(f"sweeplab: already stopping (closing runs); kill -9 {os.getpid()} stops at "
+                 f"once, its open runs are then marked lost")
         return
     _received = signum
     if is_launcher():
-        print(f"sweeplab: {name(signum)}: stopping at the next metrics log; runs in progress "
-              f"close as KILLED, jobs not started are skipped", file=sys.stderr, flush=True)
+        _say(f"sweeplab: {name(signum)}: stopping at the next metrics log; runs in progress "
+             f"close as KILLED, jobs not started are skipped")
     for child in children(os.getpid()):
         try:
             os.kill(child, signum)

@@ -50,6 +50,7 @@ TAG_SUMMARY = "sweeplab.summary"
 # Left in a job's output folder when its config was rejected; the sweep counts them at the end.
 CONFIG_ERROR_MARKER = "CONFIG_ERROR"
 SWEEP_FILE = "sweeplab.json"  # in the sweep dir: what `sweeplab resume <dir>` needs
+PENDING_CLOSE = "sweep_pending_close.json"  # in the sweep dir: a parent left to close by sync
 # Launchers that run jobs in worker processes they spawn on this machine (see signals.py).
 LOCAL_POOL_LAUNCHERS = ("JoblibLauncher",)
 
@@ -151,16 +152,20 @@ class OpenSweep:
         global _open_sweep
         _open_sweep = None
         self.heartbeat.stop()
-        outcome = job_outcomes(self.client, self.parent_id)
-        try:
-            summarise_sweep(self.client, self.parent_id)
-        except Exception as err:  # the summary is a convenience; closing the parent is not
-            log.warning("sweep summary failed: %s", one_line(err))
-        status = status or ("KILLED" if signals.received()
-                            else "FAILED" if outcome["failed"] else "FINISHED")
-        self.client.set_tag(self.parent_id, TAG_SUMMARY, outcome["summary"])
-        self.client.set_terminated(self.parent_id, status)
-        return outcome
+        return close_parent(self.client, self.parent_id,
+                            status or ("KILLED" if signals.received() else None))
+
+
+def close_parent(client: MlflowClient, parent_id: str, status: Optional[str] = None) -> Dict:
+    """Summary, then the parent's status: `status`, else FAILED if a job failed, else FINISHED."""
+    outcome = job_outcomes(client, parent_id)
+    try:
+        summarise_sweep(client, parent_id)
+    except Exception as err:  # the summary is a convenience; closing the parent is not
+        log.warning("sweep summary failed: %s", one_line(err))
+    client.set_tag(parent_id, TAG_SUMMARY, outcome["summary"])
+    client.set_terminated(parent_id, status or ("FAILED" if outcome["failed"] else "FINISHED"))
+    return outcome
 
 
 class SweepCallback(Callback):
@@ -210,10 +215,12 @@ class SweepCallback(Callback):
         sweep = _open_sweep
         try:
             outcome = sweep.close()
-        except Exception as err:  # the store went away: the parent is reaped as lost later
+        except Exception as err:  # the store went away: `sweeplab sync` closes it later
+            save_pending_close(sweep.sweep_dir, sweep.parent_id, sweep.uri, signals.received())
             print(f"sweeplab: error: mlflow.tracking_uri {sweep.uri}: could not close the "
-                  f"sweep run {sweep.parent_id} ({one_line(err)}); the next sweep marks it "
-                  f"lost", file=sys.stderr, flush=True)
+                  f"sweep run {sweep.parent_id} ({one_line(err)}); once the store is back, "
+                  f"sweeplab sync {sweep.sweep_dir} uploads what the jobs saved and closes it",
+                  file=sys.stderr, flush=True)
             sys.exit(1)
         rejected = rejected_jobs(sweep.sweep_dir)
         signum = signals.received()
@@ -322,6 +329,13 @@ def save_sweep_file(sweep_dir: str, values: dict) -> None:
     os.makedirs(sweep_dir, exist_ok=True)
     with open(os.path.join(sweep_dir, SWEEP_FILE), "w") as f:
         json.dump(values, f, indent=2)
+
+
+def save_pending_close(sweep_dir: str, parent_id: str, uri: str, signum: Optional[int]) -> None:
+    """The parent could not be closed (store unreachable): `sweeplab sync` does it later."""
+    with open(os.path.join(sweep_dir, PENDING_CLOSE), "w") as f:
+        json.dump({"parent_run_id": parent_id, "tracking_uri": uri,
+                   "status": "KILLED" if signum else None}, f)
 
 
 def load_sweep_file(sweep_dir: str) -> Optional[dict]:

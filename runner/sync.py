@@ -3,7 +3,8 @@
 sync: a run whose tracking store stayed unreachable saved its writes in
 `mlflow_pending.jsonl` (plus `mlflow_pending_files/`) in its job folder (runner/outbox.py).
 `sweeplab sync DIR` replays every such file under DIR into the store the file names (or
-`--tracking-uri`), creating the run if it never got created, and renames it `*.synced`.
+`--tracking-uri`), creating the run if it never got created, and renames it `*.synced`; then it
+closes the parent run of a sweep that could not close it itself (`sweep_pending_close.json`).
 
 resume: `sweeplab resume <sweep dir | parent run id>` reruns the sweep's saved command line in
 its own sweep dir; the sweep callback reopens the parent and skips jobs already FINISHED
@@ -11,6 +12,7 @@ its own sweep dir; the sweep callback reopens the parent and skips jobs already 
 """
 import argparse
 import fnmatch
+import json
 import os
 import sys
 import time
@@ -19,7 +21,7 @@ from typing import List, Optional, Tuple
 
 from runner import outbox, store
 from runner.outbox import one_line
-from runner.sweep import TAG_SWEEP_DIR, load_sweep_file
+from runner.sweep import PENDING_CLOSE, TAG_SWEEP_DIR, close_parent, load_sweep_file
 
 JOURNAL_PATTERN = outbox.JOURNAL_STEM + "*.jsonl"
 
@@ -60,7 +62,29 @@ def main(argv: List[str]) -> int:
         if os.path.exists(path + ".progress"):
             os.remove(path + ".progress")
         print(f"synced {count} writes to run {run_id} from {path}")
+    for folder in args.dirs:
+        failures += not close_pending_sweep(folder, args.tracking_uri)
     return 1 if failures else 0
+
+
+def close_pending_sweep(sweep_dir: str, uri: Optional[str] = None) -> bool:
+    """Close the parent run a sweep could not close itself (its store was gone), now that
+    its jobs' writes are in; False if that failed."""
+    path = os.path.join(sweep_dir, PENDING_CLOSE)
+    if not os.path.isfile(path):
+        return True
+    with open(path) as f:
+        pending = json.load(f)
+    try:
+        client = store.open_client(uri or pending["tracking_uri"])
+        outcome = close_parent(client, pending["parent_run_id"], pending["status"])
+    except Exception as err:
+        print(f"sweeplab: error: sync {sweep_dir}: closing sweep run {pending['parent_run_id']}:"
+              f" {one_line(err)}", file=sys.stderr)
+        return False
+    os.remove(path)
+    print(f"closed sweep run {pending['parent_run_id']} ({outcome['summary']})")
+    return True
 
 
 def _find_sweep(target: str, uri: str) -> Tuple[str, dict]:

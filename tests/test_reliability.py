@@ -387,6 +387,37 @@ def test_server_killed_mid_run_training_finishes_and_sync_uploads_the_rest(tmp_p
     assert again.returncode == 0 and "nothing to upload" in again.stdout
 
 
+@pytest.mark.slow
+def test_server_killed_mid_sweep_the_sweep_ends_and_sync_recovers_every_job(tmp_path,
+                                                                            mlflow_server):
+    sweep_dir = tmp_path / "sweep"
+    env = cli_env(tmp_path, SWEEPLAB_MLFLOW_GIVE_UP_SECONDS="3")
+    cli = Cli(["-m", *SMALL, "train.steps=3000", "train.eval_every=50", "optimizer.lr=0.01,0.001",
+               f"mlflow.tracking_uri={mlflow_server.uri}", f"hydra.sweep.dir={sweep_dir}"],
+              tmp_path, env)
+    cli.wait_for(r"step +\d+/")
+    killed = time.monotonic()
+    mlflow_server.stop()
+    assert cli.finish() == 1, cli.output[-3000:]  # it could not close its parent run
+    print(f"sweep ended {time.monotonic() - killed:.0f} s after its server was killed")
+    assert cli.output.count("step 3000/3000") == 2  # both jobs trained to the end
+    assert f"sweeplab sync {sweep_dir}" in cli.output
+
+    mlflow_server.start()
+    sync = subprocess.run([sys.executable, "-m", "runner", "sync", str(sweep_dir)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert sync.returncode == 0, sync.stderr[-2000:]
+    client, runs = all_runs(mlflow_server.uri)
+    parents = [r for r in runs if r.data.tags.get("sweeplab.role") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(c.data.params["optimizer.lr"] for c in children) == ["0.001", "0.01"]
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.tags["outcome"] == "ok"
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert len(client.get_metric_history(child.info.run_id, "train_loss")) == 3000
+
+
 def test_a_run_that_never_reached_its_server_is_created_by_sync(tmp_path, mlflow_server):
     from runner.sync import main as sync_main
     from runner.tracking import JobContext, TrackedRun
