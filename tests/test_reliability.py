@@ -145,6 +145,8 @@ class MlflowServer:
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
              "--artifacts-destination", str(self.folder / "artifacts")],
+            # No job-runner processes (MLflow 3 starts several): a quicker start and stop.
+            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -356,13 +358,15 @@ def test_server_killed_mid_run_training_finishes_and_sync_uploads_the_rest(tmp_p
                                                                            mlflow_server):
     run_dir = tmp_path / "run"
     env = cli_env(tmp_path, SWEEPLAB_MLFLOW_GIVE_UP_SECONDS="3")
-    cli = Cli([*SMALL, "train.steps=6000", "train.eval_every=50",
+    cli = Cli([*SMALL, "train.steps=3000", "train.eval_every=50",
                f"mlflow.tracking_uri={mlflow_server.uri}", f"hydra.run.dir={run_dir}"],
               tmp_path, env)
     cli.wait_for(r"step +\d+/")
+    killed = time.monotonic()
     mlflow_server.stop()
     assert cli.finish() == 0, cli.output[-3000:]  # training went on without the server
-    assert "step 6000/6000" in cli.output
+    print(f"run ended {time.monotonic() - killed:.0f} s after its server was killed")
+    assert "step 3000/3000" in cli.output
     warnings = [line for line in cli.lines if "sweeplab sync" in line]
     assert len(warnings) == 1 and str(run_dir / "mlflow_pending.jsonl") in warnings[0]
 
@@ -376,9 +380,9 @@ def test_server_killed_mid_run_training_finishes_and_sync_uploads_the_rest(tmp_p
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "ok"
     printed = printed_evaluations(cli.output)
-    assert max(printed) == 6000
+    assert max(printed) == 3000
     assert_printed_metrics_stored(client, run.info.run_id, printed)
-    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 6000
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 3000
     assert "test_acc" in run.data.metrics and "time/tracking" in run.data.metrics
     assert "plots/curves.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     # Synced once: a second sync finds nothing left.
@@ -512,7 +516,7 @@ def test_an_interrupted_sweep_resumes_each_config_exactly_once(tmp_path, store):
     # The same command again: it finds the KILLED sweep and runs what did not finish.
     again = Cli(args, tmp_path, cli_env(tmp_path))
     assert again.finish(600) == 0, again.output[-3000:]
-    assert f"resuming sweep run" in again.output and sweep_dir in again.output
+    assert "resuming sweep run" in again.output and sweep_dir in again.output
 
     client, runs = all_runs(store)
     parents = [r for r in runs if r.data.tags.get("sweeplab.role") == "sweep"]
