@@ -192,8 +192,11 @@ def test_a_signal_closes_a_single_run_killed_with_every_printed_metric(tmp_path,
     cli = Cli([*LONG, f"mlflow.tracking_uri={store}", f"hydra.run.dir={tmp_path}/run"],
               tmp_path, cli_env(tmp_path))
     cli.wait_for(r"step +\d+/")
+    signalled = time.monotonic()
     send(cli, signum)
     assert cli.finish() == 128 + signum, cli.output[-3000:]
+    print(f"single run: exit {cli.proc.returncode} {time.monotonic() - signalled:.1f} s after "
+          f"{signal.Signals(signum).name}")
     assert_no_orphans(cli.proc.pid)
 
     client, runs = all_runs(store)
@@ -239,6 +242,8 @@ def test_a_signal_stops_a_sweep_and_closes_every_run(tmp_path, store, launcher, 
     signalled_at = time.time()
     send(cli, signum)
     assert cli.finish() == 128 + signum, cli.output[-3000:]
+    print(f"{launcher} sweep: exit {cli.proc.returncode} {time.time() - signalled_at:.1f} s "
+          f"after {signal.Signals(signum).name}")
     assert_no_orphans(cli.proc.pid)
 
     client, runs = all_runs(store)
