@@ -1,8 +1,10 @@
 """Command line: `python -m runner` / `sweeplab`. Hydra parses overrides and sweeps.
 
-One job: validate the config once (before TensorFlow loads), pick its task, run it.
-`sweeplab report ...` (and the other SUBCOMMANDS) are plain argparse programs; anything else
-is the Hydra app.
+`sweeplab report ...`, `sweeplab sync ...` and `sweeplab resume ...` are subcommands
+(SUBCOMMANDS); anything else is the Hydra app. One job: validate the config once (before
+TensorFlow loads), check the tracking store, pick its task, run it. A job never raises into
+Hydra (Hydra's basic sweeper would abort the sweep): a failure ends its run FAILED and the
+sweep goes on.
 """
 import os
 import sys
@@ -14,10 +16,12 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from runner import progress, sweep, tasks  # noqa: E402
+from runner import progress, signals, store, sweep, sync, tasks  # noqa: E402
 from runner.config import ConfigError, register_configs, validate  # noqa: E402
 from runner.help import register_help_resolver  # noqa: E402
-from runner.tracking import JobContext  # noqa: E402
+from runner.outbox import one_line  # noqa: E402
+from runner.tracking import (JobContext, Stopped, config_hash, record_failure,  # noqa: E402
+                             recorded_run, tracking_uri)
 
 register_configs()
 register_help_resolver()  # `--help` lists the options from conf/
@@ -27,12 +31,14 @@ CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 def job_context() -> JobContext:
     """This job's overrides, log file and (in a sweep) parent run, from Hydra's job config."""
     if not HydraConfig.initialized():
-        return JobContext()
+        return JobContext(should_stop=signals.received)
     hydra_cfg = HydraConfig.get()
     parent, common = sweep.job_sweep_context()
-    log_file = os.path.join(hydra_cfg.runtime.output_dir, f"{hydra_cfg.job.name}.log")
+    output_dir = hydra_cfg.runtime.output_dir
+    log_file = os.path.join(output_dir, f"{hydra_cfg.job.name}.log")
     return JobContext(overrides=tuple(hydra_cfg.overrides.task), parent_run_id=parent,
-                      common_overrides=tuple(common), log_file=log_file)
+                      common_overrides=tuple(common), log_file=log_file,
+                      output_dir=output_dir, should_stop=signals.received)
 
 
 def run_task(cfg, job: JobContext) -> float:
@@ -46,36 +52,107 @@ def run_task(cfg, job: JobContext) -> float:
     return task.run(cfg, job)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def hydra_app(cfg: DictConfig) -> float:
+def already_finished(cfg, job: JobContext):
+    """In a resumed sweep: this config's FINISHED run under the same parent, if any."""
+    if not job.parent_run_id:
+        return None
+    try:
+        client = store.open_client(tracking_uri(cfg.mlflow))
+        return sweep.finished_run(client, job.parent_run_id, config_hash(cfg))
+    except Exception as err:  # the store is down: train anyway, the run saves what it can't send
+        if not store.is_transient(err):
+            raise
+        return None
+
+
+def run_job(cfg) -> float:
+    """One job, start to end; returns the task's objective (NaN if it did not train)."""
+    multirun = sweep.in_multirun()
+    job = job_context()
+    if signals.received():
+        print(f"sweeplab: skipped (stopping on {signals.name(signals.received())}): "
+              f"{' '.join(job.overrides) or '(defaults)'}", file=sys.stderr, flush=True)
+        return float("nan")
     try:
         validate(cfg)
-        value = run_task(cfg, job_context())
-        if not sweep.in_multirun():
+        if not multirun:  # a sweep checks its store once, before the first job
+            store.check_store(cfg.mlflow)
+        done = already_finished(cfg, job)
+        if done is not None:
+            print(f"already finished: run {done.info.run_id} ({done.info.run_name})", flush=True)
+            spec = tasks.spec_of_run(done.data.tags)
+            return done.data.metrics.get(spec.objective, float("nan"))
+        value = run_task(cfg, job)
+        if not multirun:
             progress.reporter().close()
         return value
     except ConfigError as err:
         # One line naming the option and the fix; no traceback for a user's typo.
         print(f"sweeplab: error: {err}", file=sys.stderr, flush=True)
-        if not sweep.in_multirun():
+        if not multirun:
             sys.exit(2)
         # In a sweep, the other jobs still run; the sweep exits non-zero at the end.
         sweep.mark_rejected(str(err))
-        return float("nan")
+    except Stopped:
+        pass  # its run is closed KILLED; the sweep (or main) reports the signal
+    except Exception as err:  # data error, out of memory, a bug: this job fails, not the sweep
+        run = recorded_run(err) or _record(cfg, job, err)
+        print(f"sweeplab: error: job {' '.join(job.overrides) or '(defaults)'} failed: "
+              f"{one_line(err)}; run {run} is FAILED, traceback in its error.txt",
+              file=sys.stderr, flush=True)
+        if not multirun:
+            sys.exit(1)
+    return float("nan")
 
 
-def _report(argv) -> int:
-    from runner import report  # matplotlib and rich load only for this subcommand
+def _record(cfg, job: JobContext, err: Exception):
+    """A FAILED run for a job that broke before its run existed (best effort)."""
+    try:
+        return record_failure(cfg, job, err)
+    except Exception as tracking_err:
+        return f"(not recorded: {one_line(tracking_err)})"
 
-    return report.main(argv)
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def hydra_app(cfg: DictConfig) -> float:
+    with signals.job():
+        return run_job(cfg)
 
 
-# `sweeplab NAME ARGS...` -> NAME's main(ARGS) -> exit code.
-SUBCOMMANDS = {"report": _report}
+def run_app() -> int:
+    """The Hydra app in this process; exits 128 + signal if SIGINT/SIGTERM stopped it."""
+    signals.install_launcher()
+    try:
+        hydra_app()
+    finally:
+        sweep.close_abandoned_sweep()
+    signum = signals.received()
+    if signum:
+        print(f"sweeplab: stopped by {signals.name(signum)}", file=sys.stderr, flush=True)
+        return signals.exit_code()
+    return 0
+
+
+def resume(argv) -> int:
+    """sweeplab resume <sweep dir | parent run id> [overrides]: the unfinished jobs only."""
+    overrides, code = sync.resume_overrides(argv)
+    if overrides is None:
+        return code
+    sys.argv = [sys.argv[0], *overrides]
+    return run_app()
+
+
+def report(argv) -> int:
+    from runner import report as sweep_report  # matplotlib and rich only for this subcommand
+
+    return sweep_report.main(argv)
+
+
+# `sweeplab <name> ...`: each takes the remaining arguments and returns an exit code.
+SUBCOMMANDS = {"report": report, "sync": sync.main, "resume": resume}
 
 
 def main() -> None:
-    """`sweeplab` / `python -m runner`: a subcommand, or the Hydra app with overrides."""
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
         sys.exit(SUBCOMMANDS[sys.argv[1]](sys.argv[2:]))
-    hydra_app()
+    sys.exit(run_app())

@@ -23,7 +23,7 @@ class LineReporter:
     """A few log lines per job: for CI and log files, where bars would be noise."""
 
     def __init__(self):
-        self.jobs: Dict[str, dict] = {}
+        self.jobs: Dict[object, dict] = {}  # by a key the task picks per job
         self.total: Optional[int] = None
         self.done = 0
         self.started = time.monotonic()
@@ -31,11 +31,11 @@ class LineReporter:
     def sweep_started(self, total: Optional[int]) -> None:
         self.total, self.done, self.started = total, 0, time.monotonic()
 
-    def job_started(self, key: str, name: str, steps: int) -> None:
+    def job_started(self, key, name: str, steps: int) -> None:
         self.jobs[key] = {"name": name, "steps": steps, "next": 0, "t0": time.monotonic()}
         log.info("job %s: started, %d steps", name, steps)
 
-    def job_step(self, key: str, step: int, train_loss: float, val_acc: float) -> None:
+    def job_step(self, key, step: int, train_loss: float, val_acc: float) -> None:
         job = self.jobs.get(key)
         if job is None or job["next"] >= len(MILESTONES):
             return
@@ -45,7 +45,7 @@ class LineReporter:
             log.info("job %s: step %d/%d  train_loss %.4f  val_acc %.4f", job["name"], step,
                      job["steps"], train_loss, val_acc)
 
-    def job_finished(self, key: str, outcome: str, summary: str) -> None:
+    def job_finished(self, key, outcome: str, summary: str) -> None:
         job = self.jobs.pop(key, None)
         if job is None:
             return
@@ -68,7 +68,7 @@ class BarReporter(LineReporter):
                              TextColumn("ETA"), TimeRemainingColumn(),
                              console=Console(stderr=True), transient=False)
         self.sweep_bar = None
-        self.job_bars: Dict[str, int] = {}
+        self.job_bars: Dict[object, int] = {}
 
     def _start(self) -> None:
         if not self.bars.live.is_started:
@@ -79,17 +79,17 @@ class BarReporter(LineReporter):
         self._start()
         self.sweep_bar = self.bars.add_task("sweep", total=total, info="jobs")
 
-    def job_started(self, key: str, name: str, steps: int) -> None:
+    def job_started(self, key, name: str, steps: int) -> None:
         self._start()
         self.jobs[key] = {"name": name, "steps": steps, "next": 0, "t0": time.monotonic()}
         self.job_bars[key] = self.bars.add_task(f"  {name}", total=steps, info="")
 
-    def job_step(self, key: str, step: int, train_loss: float, val_acc: float) -> None:
+    def job_step(self, key, step: int, train_loss: float, val_acc: float) -> None:
         if key in self.job_bars:
             self.bars.update(self.job_bars[key], completed=step,
                              info=f"loss {train_loss:.3f} acc {val_acc:.3f}")
 
-    def job_finished(self, key: str, outcome: str, summary: str) -> None:
+    def job_finished(self, key, outcome: str, summary: str) -> None:
         bar = self.job_bars.pop(key, None)
         job = self.jobs.pop(key, None)
         if bar is not None:

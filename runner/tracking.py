@@ -2,60 +2,53 @@
 
 Everything goes through an explicit MlflowClient (no fluent global state), so parallel jobs
 and the sweep callback never step on each other's "active run". What a run needs to know about
-the job that produced it (overrides, its sweep's parent run, its log file) comes in as a
-`JobContext` (built by the CLI, or by a launcher that runs several jobs in one process).
+the job that produced it (overrides, its sweep's parent run, its log file, whether it must
+stop) comes in as a `JobContext` (built by the CLI, or by a launcher that runs several jobs in
+one process).
+
+Writes go through the run's `Outbox` (runner/outbox.py): a background thread sends them, so
+training never waits on the store, and saves them to a file if the store stays unreachable.
+Every run ends in a terminal state: FINISHED; KILLED (`outcome=killed`) when the job was told
+to stop; FAILED (`outcome=error`, the error in the `sweeplab.error` tag and `error.txt`) when
+it raised.
 """
+import hashlib
+import json
 import logging
 import os
+import shutil
+import tempfile
 import time
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+import traceback
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, List, Optional, Sequence
 
-from mlflow.entities import Metric, Param
-from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
+
+from runner import store
+from runner.outbox import Outbox, one_line
+# Where the store is: re-exported, callers have always found these here.
+from runner.store import artifact_location, experiment_id, tracking_uri  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 MAX_PARAMS_PER_BATCH = 100
 FLUSH_SECONDS = 5.0  # metrics reach the store at least this often, so the UI shows progress
+CREATE_RETRY_SECONDS = 10.0  # creating the run is retried this long, then the run goes offline
+CONFIG_HASH_TAG = "sweeplab.config_hash"  # what resume matches a job's earlier runs on
+RECORDED_ATTR = "sweeplab_run_id"  # set on an exception once a run recorded it
 
 
-# ---------------------------------------------------------------- store and experiment
+class Stopped(KeyboardInterrupt):
+    """The job was told to stop (a signal, via JobContext.should_stop): its run ends KILLED.
 
-def tracking_uri(cfg) -> str:
-    """`cfg.tracking_uri` made absolute; default sqlite:///<cwd>/outputs/mlflow.db."""
-    uri = cfg.tracking_uri or "sqlite:///outputs/mlflow.db"
-    if uri.startswith("sqlite:///"):
-        path = os.path.abspath(uri[len("sqlite:///"):])
-        os.makedirs(os.path.dirname(path), exist_ok=True)  # sqlite does not create folders
-        return "sqlite:///" + path
-    if "://" not in uri:  # a plain folder: MLflow's file store
-        return os.path.abspath(uri)
-    return uri
+    A KeyboardInterrupt, so that `except Exception` in task code never swallows it.
+    """
 
-
-def artifact_location(cfg, uri: str) -> Optional[str]:
-    """Where a new experiment keeps artifacts: beside the sqlite file unless configured."""
-    if cfg.artifact_location:
-        return os.path.abspath(cfg.artifact_location)
-    if uri.startswith("sqlite:///"):
-        return os.path.join(os.path.dirname(uri[len("sqlite:///"):]), "mlartifacts")
-    return None  # a server or file store decides
-
-
-def experiment_id(client: MlflowClient, cfg, uri: str) -> str:
-    found = client.get_experiment_by_name(cfg.experiment_name)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return client.create_experiment(cfg.experiment_name, artifact_location(cfg, uri))
-    except Exception:  # created by a concurrent job in the meantime
-        found = client.get_experiment_by_name(cfg.experiment_name)
-        if found is None:
-            raise
-        return found.experiment_id
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
 
 
 # ---------------------------------------------------------------- params and names
@@ -84,6 +77,15 @@ def run_name(overrides: List[str], common: List[str] = ()) -> str:
     return ",".join(shown) or (experiment[0] if experiment else "run")
 
 
+def config_hash(cfg) -> str:
+    """Names a job's training config across sweeps: the resolved config minus `mlflow.*`
+    (where it is tracked is not what it trains)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("mlflow", None)
+    text = json.dumps(resolved, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 # ---------------------------------------------------------------- one job's run
 
 @dataclass(frozen=True)
@@ -97,6 +99,9 @@ class JobContext:
     # Progress lines go to this logger (a launcher running several jobs in one process gives
     # each its own, writing to the job's log file); None = the task module's logger.
     logger_name: Optional[str] = None
+    output_dir: Optional[str] = None  # where writes the store did not take are saved (cwd)
+    # Polled at every metrics call: a signal number once the job must stop, else None/0.
+    should_stop: Optional[Callable[[], Optional[int]]] = None
 
 
 class TrackedRun:
@@ -104,49 +109,85 @@ class TrackedRun:
 
     def __init__(self, cfg, job: JobContext, tags: Dict[str, str]):
         self.cfg, self.job, self.tags = cfg, job, tags
-        self.pending: List[Metric] = []
+        self.pending: List[list] = []
         self.last_flush = time.monotonic()
+        self.finished = False  # finish() called: a stop request no longer cuts the run short
+        self.run_id: Optional[str] = None
+        self.name = run_name(list(job.overrides), job.common_overrides)
 
     def __enter__(self):
+        self._stop_if_asked()  # before anything exists in the store
         uri = tracking_uri(self.cfg.mlflow)
-        self.client = MlflowClient(tracking_uri=uri)
-        exp_id = experiment_id(self.client, self.cfg.mlflow, uri)
+        self.staging = tempfile.mkdtemp(prefix="sweeplab-run-")
         overrides = list(self.job.overrides)
         tags = {"sweeplab.overrides": " ".join(overrides) or "(none)", "outcome": "running",
+                CONFIG_HASH_TAG: config_hash(self.cfg), store.HEARTBEAT_TAG: str(int(time.time())),
                 **self.tags, **(self.job.extra_tags or {})}
-        parent = self.job.parent_run_id
-        if parent:
-            tags["mlflow.parentRunId"] = parent
-            tags["sweeplab.sweep_id"] = parent
-        run = self.client.create_run(exp_id, run_name=run_name(overrides,
-                                                               self.job.common_overrides),
-                                     tags=tags)
-        self.run_id, self.name = run.info.run_id, run.info.run_name
-        params = [Param(k, v[:6000]) for k, v in
+        if self.job.parent_run_id:
+            tags["mlflow.parentRunId"] = self.job.parent_run_id
+            tags["sweeplab.sweep_id"] = self.job.parent_run_id
+        header = {"tracking_uri": uri, "experiment_name": self.cfg.mlflow.experiment_name,
+                  "artifact_location": artifact_location(self.cfg.mlflow, uri),
+                  "run_name": self.name}
+        failure = self._create_run(uri, tags)
+        self.outbox = Outbox(self.client, self.run_id, self.job.output_dir or os.getcwd(),
+                             header, offline_because=failure)
+        if self.run_id is None:  # the store is unreachable: the journal creates it later
+            self.outbox.put({"op": "create_run", "experiment_name": header["experiment_name"],
+                             "artifact_location": header["artifact_location"],
+                             "run_name": self.name, "tags": tags,
+                             "start_time": int(time.time() * 1000)})
+        params = [[k, v[:6000]] for k, v in
                   flatten(OmegaConf.to_container(self.cfg, resolve=True)).items()]
         for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=params[i:i + MAX_PARAMS_PER_BATCH])
-        self.client.log_text(self.run_id, OmegaConf.to_yaml(self.cfg, resolve=True),
-                             "config.yaml")
-        self.client.log_text(self.run_id, "\n".join(overrides) + "\n", "overrides.txt")
-        log.info("MLflow run %s (%s) in %s", run.info.run_name, self.run_id, uri)
+            self.outbox.put({"op": "log_batch", "params": params[i:i + MAX_PARAMS_PER_BATCH]})
+        self.log_text(OmegaConf.to_yaml(self.cfg, resolve=True), "config.yaml")
+        self.log_text("\n".join(overrides) + "\n", "overrides.txt")
+        if self.run_id:
+            log.info("MLflow run %s (%s) in %s", self.name, self.run_id, uri)
         return self
+
+    def _create_run(self, uri: str, tags: Dict[str, str]) -> Optional[BaseException]:
+        """Create the run now (retrying briefly); the error if the store stays unreachable."""
+        deadline = time.monotonic() + CREATE_RETRY_SECONDS
+        while True:
+            try:
+                self.client = store.open_client(uri)
+                exp_id = experiment_id(self.client, self.cfg.mlflow, uri)
+                run = self.client.create_run(exp_id, run_name=self.name, tags=tags)
+                self.run_id = run.info.run_id
+                return None
+            except Exception as err:
+                if not store.is_transient(err):
+                    raise
+                if time.monotonic() > deadline:
+                    self.client = None  # the outbox journals from the start: no client needed
+                    return err
+                time.sleep(1.0)
+
+    def _stop_if_asked(self) -> None:
+        if not self.finished and self.job.should_stop is not None:
+            signum = self.job.should_stop()
+            if signum:
+                raise Stopped(signum)
 
     def log_derived(self, values: Dict[str, object]) -> None:
         """Numbers computed from the config (e.g. total steps from epochs), as `derived.*`
         params: the config params stay exactly what the user composed."""
-        self.client.log_batch(self.run_id, params=[Param(f"derived.{k}", str(v))
-                                                   for k, v in values.items()])
+        self.outbox.put({"op": "log_batch",
+                         "params": [[f"derived.{k}", str(v)] for k, v in values.items()]})
 
     def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        self.pending.extend(Metric(k, float(v), now, int(step)) for k, v in metrics.items())
+        self.pending.extend([k, float(v), now, int(step)] for k, v in metrics.items())
         self._maybe_flush()
+        self._stop_if_asked()  # after keeping these metrics: __exit__ sends them
 
     def log_series(self, name: str, steps, values) -> None:
         now = int(time.time() * 1000)
-        self.pending.extend(Metric(name, float(v), now, int(s)) for s, v in zip(steps, values))
+        self.pending.extend([name, float(v), now, int(s)] for s, v in zip(steps, values))
         self._maybe_flush()
+        self._stop_if_asked()
 
     def _maybe_flush(self) -> None:
         if (len(self.pending) >= MAX_METRICS_PER_BATCH
@@ -154,35 +195,94 @@ class TrackedRun:
             self.flush()
 
     def flush(self) -> None:
+        """Hand the buffered metrics to the outbox (it sends them in the background)."""
         for i in range(0, len(self.pending), MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=self.pending[i:i + MAX_METRICS_PER_BATCH])
+            self.outbox.put({"op": "log_batch",
+                             "metrics": self.pending[i:i + MAX_METRICS_PER_BATCH]})
         self.pending = []
         self.last_flush = time.monotonic()
 
+    def set_tags(self, tags: Dict[str, str]) -> None:
+        self.outbox.put({"op": "log_batch", "tags": [[k, str(v)] for k, v in tags.items()]})
+
     def finish(self, final: Dict[str, float], outcome: str) -> None:
         """Final metrics (no step) and the outcome tag users filter on."""
+        self.finished = True
         self.log_metrics(final, step=0)
         self.flush()
-        self.client.set_tag(self.run_id, "outcome", outcome)
-        self.client.log_dict(self.run_id, final, "final_metrics.json")
+        self.set_tags({"outcome": outcome})
+        self.log_dict(final, "final_metrics.json")
+
+    # ------------------------------------------------------------ artifacts
+
+    def _staged(self, artifact_file: str) -> str:
+        """A local path for an artifact: written now, uploaded (or journaled) by the outbox."""
+        path = os.path.join(self.staging, artifact_file)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
+
+    def _log_staged(self, path: str, artifact_file: str) -> None:
+        self.outbox.put({"op": "log_artifact", "path": path,
+                         "artifact_path": os.path.dirname(artifact_file) or None})
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        path = self._staged(artifact_file)
+        with open(path, "w") as f:
+            f.write(text)
+        self._log_staged(path, artifact_file)
+
+    def log_dict(self, values: dict, artifact_file: str) -> None:
+        self.log_text(json.dumps(values, indent=2), artifact_file)
 
     def log_figure(self, figure, name: str, save_kwargs: Optional[dict] = None) -> None:
-        self.client.log_figure(self.run_id, figure, f"plots/{name}", save_kwargs=save_kwargs)
+        path = self._staged(f"plots/{name}")
+        figure.savefig(path, **(save_kwargs or {}))
+        self._log_staged(path, f"plots/{name}")
+
+    # ------------------------------------------------------------ closing
 
     def __exit__(self, exc_type, exc, tb):
-        try:
-            self.flush()
-        finally:
-            if exc_type is None:
-                status = "FINISHED"
-            else:
-                status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
-                self.client.set_tag(self.run_id, "outcome", "error")
-            self._log_job_log()
-            self.client.set_terminated(self.run_id, status)
+        self.flush()
+        if exc_type is None:
+            status = "FINISHED"
+        elif issubclass(exc_type, KeyboardInterrupt):  # Stopped, or Ctrl-C outside the CLI
+            status = "KILLED"
+            self.set_tags({"outcome": "killed"})
+        else:
+            status = "FAILED"
+            self.set_tags({"outcome": "error", store.ERROR_TAG: one_line(exc)})
+            self.log_text("".join(traceback.format_exception(exc_type, exc, tb)), "error.txt")
+        if exc is not None:
+            try:
+                setattr(exc, RECORDED_ATTR, self.run_id or self.name)
+            except AttributeError:  # an exception type without __dict__
+                pass
+        self._log_job_log()
+        self.outbox.put({"op": "set_terminated", "status": status,
+                         "end_time": int(time.time() * 1000)})
+        self.outbox.close()
+        self.run_id = self.outbox.run_id  # a run created late by the outbox has its id now
+        shutil.rmtree(self.staging, ignore_errors=True)
         return False
 
     def _log_job_log(self) -> None:
-        """The job's own log file (progress lines), if it wrote one."""
+        """The job's own log file (progress lines), as it is now."""
         if self.job.log_file and os.path.isfile(self.job.log_file):
-            self.client.log_artifact(self.run_id, self.job.log_file)
+            path = self._staged(os.path.basename(self.job.log_file))
+            shutil.copyfile(self.job.log_file, path)
+            self._log_staged(path, os.path.basename(self.job.log_file))
+
+
+def recorded_run(error: BaseException) -> Optional[str]:
+    """The run that recorded `error` when it closed, if one did."""
+    return getattr(error, RECORDED_ATTR, None)
+
+
+def record_failure(cfg, job: JobContext, error: BaseException,
+                   tags: Optional[Dict[str, str]] = None) -> Optional[str]:
+    """A FAILED run for a job that raised before its run was opened (e.g. reading its data),
+    so the failure shows in the store and the sweep counts it; returns the run id."""
+    run = TrackedRun(cfg, replace(job, should_stop=None), tags or {})
+    run.__enter__()
+    run.__exit__(type(error), error, error.__traceback__)
+    return run.run_id

@@ -5,19 +5,28 @@ before TensorFlow loads. The training code of each task is in its own module:
 `runner.tasks.image` and `runner.tasks.language_model`.
 """
 from dataclasses import dataclass
+from typing import Mapping
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     name: str  # the MLflow tag `sweeplab.task`
-    report_metric: str  # what a sweep of this task is judged on by default
+    # The metric a run is judged on: its last value is what the task returns to Hydra (a
+    # sweeper minimises it), and a sweep's report ranks by it unless told otherwise.
+    objective: str
 
 
-IMAGE = TaskSpec("image_classification", report_metric="val_loss")
-LANGUAGE_MODEL = TaskSpec("language_model", report_metric="valid_perplexity")
+IMAGE = TaskSpec("image_classification", objective="val_loss")
+LANGUAGE_MODEL = TaskSpec("language_model", objective="valid_perplexity")
+TASKS = {spec.name: spec for spec in (IMAGE, LANGUAGE_MODEL)}
 TAG_TASK = "sweeplab.task"
 
 
 def spec_for(model_cfg) -> TaskSpec:
     """The task that trains `model_cfg`: the LSTM reads word sequences, the rest images."""
     return LANGUAGE_MODEL if model_cfg.name == "lstm_lm" else IMAGE
+
+
+def spec_of_run(tags: Mapping[str, str]) -> TaskSpec:
+    """The task that produced an MLflow run (image classification if it predates the tag)."""
+    return TASKS.get(tags.get(TAG_TASK, ""), IMAGE)

@@ -191,7 +191,7 @@ def run_variants(cfgs: Sequence, contexts: Sequence[JobContext]) -> List[float]:
             jobs.append(Job(cfg, variant.model, names, tracked,
                             label=f"[{tracked.name}] " if len(cfgs) > 1 else "",
                             log=logging.getLogger(context.logger_name or steps_log.name)))
-            progress.reporter().job_started(tracked.run_id, tracked.name, plan_.steps)
+            progress.reporter().job_started(id(tracked), tracked.name, plan_.steps)
         watch.add("setup", time.perf_counter() - started)
         fit(first.train, plan_, train_steps, evaluate, jobs, splits.val, watch)
         train_steps.finish()
@@ -270,7 +270,7 @@ def fit(train_cfg, plan_: Plan, train_steps, evaluate, jobs: List[Job], val,
         for job, interval in zip(jobs, intervals):
             if job.alive:
                 train_loss = float(np.mean(interval.series["train_loss"]))
-                progress.reporter().job_step(job.tracked.run_id, job.step, train_loss,
+                progress.reporter().job_step(id(job.tracked), job.step, train_loss,
                                              job.history["val_acc"][-1][1])
                 job.log.info("%sstep %*d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  lr %.3g",
                          job.label, len(str(plan_.steps)), job.step, plan_.steps, train_loss,
@@ -333,7 +333,7 @@ def finish(job: Job, test, info, watch: Stopwatch, share: int) -> None:
     job.tracked.flush()
     summary = (f"val_loss {val_loss[-1][1]:.4f}, test_acc {final['test_acc']:.4f}"
                if job.alive else f"diverged at step {job.diverged_at}")
-    progress.reporter().job_finished(job.tracked.run_id, outcome, summary)
+    progress.reporter().job_finished(id(job.tracked), outcome, summary)
 
 
 def log_figures(cfg, history, weights, tracked):

@@ -145,7 +145,7 @@ def run(cfg, job: JobContext) -> float:
     tags = {"dataset.source": corpus.info.source, TAG_TASK: LANGUAGE_MODEL.name}
     with TrackedRun(cfg, job, tags) as tracked:
         tracked.log_derived({"steps": plan.steps, "steps_per_epoch": plan.epoch_size})
-        progress.reporter().job_started(tracked.run_id, tracked.name, plan.steps)
+        progress.reporter().job_started(id(tracked), tracked.name, plan.steps)
         watch.add("setup", time.perf_counter() - started)
         history, steps, diverged_at = fit(cfg, plan, train_steps, variant, (windows, state),
                                           valid, tracked, watch)
@@ -177,7 +177,7 @@ def run(cfg, job: JobContext) -> float:
         tracked.log_metrics({**timings, "time/tracking": tracking_seconds,
                              "time/plots": time.perf_counter() - started}, step=0)
         progress.reporter().job_finished(
-            tracked.run_id, outcome, f"test perplexity {final['test_perplexity']:.2f}"
+            id(tracked), outcome, f"test perplexity {final['test_perplexity']:.2f}"
             if diverged_at is None else f"diverged at step {diverged_at}")
     valid_ppl = history["valid_perplexity"]
     return float("inf") if diverged_at is not None or not valid_ppl else valid_ppl[-1][1]
@@ -232,7 +232,7 @@ def fit(cfg, plan: Plan, train_steps, variant, resettable, valid, tracked, watch
         for name, value in metrics.items():
             history[name].append((epoch, value))
         tracked.log_metrics(metrics, epoch)
-        progress.reporter().job_step(tracked.run_id, step, float(np.mean(losses)),
+        progress.reporter().job_step(id(tracked), step, float(np.mean(losses)),
                                      float("nan"))
         steps_log.info("epoch %*d/%d  train ppl %.2f  valid ppl %.2f  lr %.4g  %.0f wps",
                  len(str(epochs)), epoch, epochs, metrics["train_perplexity"],

@@ -1,0 +1,154 @@
+"""SIGINT and SIGTERM: stop cleanly, never in the middle of a write.
+
+The handler only records the signal and passes it on to this process's children (a joblib
+sweep's workers). Jobs poll `received()` (as `JobContext.should_stop`) at every metrics call
+and stop there: the run is flushed and closed KILLED. Jobs not started yet are skipped; the
+sweep closes its parent KILLED; the process exits 128 + signal (130 SIGINT, 143 SIGTERM).
+Nothing raises from inside a handler, so a run is never cut off halfway through closing.
+
+Worker processes: a launcher that spawns them (joblib/loky) blocks SIGINT/SIGTERM in its main
+thread first (`shield_workers`), so every worker starts with them blocked and a Ctrl-C reaching
+an idle worker cannot kill it (loky would then SIGKILL the other workers while they close their
+runs). The launcher receives its own signals in a watcher thread. A worker installs the handler
+and unblocks the signals when it starts a job (`job`); a signal that arrived before is then
+seen, and the job is skipped. Workers watch their launcher: if it dies (even by SIGKILL) they
+stop as if signalled and exit, so none lives on as an orphan or starts another job.
+"""
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from typing import List, Optional
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+ORPHAN_EXIT_SECONDS = 120.0  # a worker whose launcher died waits this long for its job to close
+
+# Process-wide by nature: signals are delivered to a process, not to a run.
+_received: Optional[int] = None
+_launcher_pid: Optional[int] = None
+_worker_ready = False
+_busy = False  # a job is running in this process
+
+
+def received() -> Optional[int]:
+    """The first stop signal this process got, or None."""
+    return _received
+
+
+def exit_code() -> int:
+    return 128 + (_received or 0)
+
+
+def name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def is_launcher() -> bool:
+    """This process is the one the user started (not a worker it spawned)."""
+    return _launcher_pid == os.getpid()
+
+
+def _say(message: str) -> None:
+    """A line on stderr, safe inside a signal handler (print() may be mid-write already)."""
+    os.write(sys.stderr.fileno(), (message + "\n").encode())
+
+
+def _on_signal(signum: int, frame=None) -> None:
+    global _received
+    if _received is not None:
+        if is_launcher():
+            _say(f"sweeplab: already stopping (closing runs); kill -9 {os.getpid()} stops at "
+                 f"once, its open runs are then marked lost")
+        return
+    _received = signum
+    if is_launcher():
+        _say(f"sweeplab: {name(signum)}: stopping at the next metrics log; runs in progress "
+             f"close as KILLED, jobs not started are skipped")
+    for child in children(os.getpid()):
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+
+def children(pid: int) -> List[int]:
+    """Direct child processes of `pid`, read from /proc (none where there is no /proc)."""
+    found = []
+    if not os.path.isdir("/proc"):
+        return found
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:  # gone meanwhile
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def install_launcher() -> None:
+    """In the process the user started, on its main thread: record SIGINT/SIGTERM."""
+    global _launcher_pid
+    _launcher_pid = os.getpid()
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _on_signal)
+
+
+def shield_workers() -> None:
+    """Before this launcher spawns worker processes: they inherit SIGINT/SIGTERM blocked."""
+    if (not is_launcher() or not hasattr(signal, "pthread_sigmask")
+            or threading.current_thread() is not threading.main_thread()):
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    threading.Thread(target=_receive_blocked, daemon=True, name="sweeplab-signals").start()
+
+
+def _receive_blocked() -> None:
+    """The launcher's blocked signals, taken one by one (threads started now inherit the
+    block, so this one can wait for them)."""
+    while True:
+        _on_signal(signal.sigwait(STOP_SIGNALS))
+
+
+def _prepare_worker() -> None:
+    """Once per worker process: the handler, the signals unblocked, a watch on the launcher."""
+    global _worker_ready
+    if (_worker_ready or is_launcher()
+            or threading.current_thread() is not threading.main_thread()):
+        return
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _on_signal)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending one lands now
+    threading.Thread(target=_watch_launcher, args=(os.getppid(),), daemon=True,
+                     name="sweeplab-launcher-watch").start()
+    _worker_ready = True
+
+
+def _watch_launcher(launcher: int) -> None:
+    """A worker whose launcher died stops like a signalled one, then exits."""
+    while os.getppid() == launcher:
+        time.sleep(1.0)
+    _on_signal(signal.SIGTERM)
+    deadline = time.monotonic() + ORPHAN_EXIT_SECONDS
+    while _busy and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os._exit(128 + signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def job():
+    """Around one job in this process: makes a worker process stoppable, marks it busy."""
+    global _busy
+    _prepare_worker()
+    _busy = True
+    try:
+        yield
+    finally:
+        _busy = False

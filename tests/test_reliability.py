@@ -1,0 +1,580 @@
+"""Sweeps that survive: real processes, real signals, a real `mlflow server` on 127.0.0.1.
+
+Each test runs the real CLI (Hydra, TensorFlow, MLflow) on tiny budgets and then reads the
+store: no run is left RUNNING, nothing printed before an interruption is missing from the
+store, no process of the killed group survives.
+"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from conftest import compose_cfg
+from mlflow.tracking import MlflowClient
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ["model=mlp", "model.hidden=[16]", "train.eval_size=50"]
+SHORT = [*SMALL, "train.steps=30", "train.eval_every=10"]
+# Long enough that a signal sent at the first progress line lands in the middle of training.
+LONG = [*SMALL, "train.steps=30000", "train.eval_every=50"]
+STEP_LINE = re.compile(r"step +(\d+)/\d+ .*val_loss (\S+) +val_acc (\S+)")
+
+
+# ---------------------------------------------------------------- processes
+
+def cli_env(tmp_path, **extra):
+    return dict(os.environ, PYTHONPATH=ROOT, KERAS_HOME=str(tmp_path / "keras_home"),
+                PYTHONUNBUFFERED="1", **extra)
+
+
+class Cli:
+    """`python -m runner ARGS` in its own process group; output collected line by line."""
+
+    def __init__(self, args, cwd, env):
+        self.proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=cwd, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True)
+        self.lines = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern, timeout=300):
+        """Block until a line matches `pattern` (the process still running)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(re.search(pattern, line) for line in self.lines):
+                return
+            if self.proc.poll() is not None:
+                time.sleep(0.5)  # let the reader catch up
+                raise AssertionError(f"exited ({self.proc.returncode}) before {pattern!r}:\n"
+                                     + self.output[-4000:])
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} within {timeout} s:\n" + self.output[-4000:])
+
+    def finish(self, timeout=300) -> int:
+        code = self.proc.wait(timeout)
+        self.reader.join(10)
+        return code
+
+
+def group_members(pgid):
+    """Pids still alive in process group `pgid` (zombies count as gone)."""
+    alive = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(entry))
+    return alive
+
+
+def assert_no_orphans(pgid, timeout=30):
+    deadline = time.monotonic() + timeout
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert group_members(pgid) == [], "processes of the stopped group are still alive"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- the store
+
+def all_runs(store):
+    client = MlflowClient(tracking_uri=store)
+    experiment = client.get_experiment_by_name("sweeplab")
+    assert experiment is not None, "nothing was tracked"
+    return client, client.search_runs([experiment.experiment_id], max_results=500)
+
+
+def printed_evaluations(text):
+    """{step: (val_loss, val_acc)} from the progress lines a job printed."""
+    return {int(m.group(1)): (float(m.group(2)), float(m.group(3)))
+            for m in STEP_LINE.finditer(text)}
+
+
+def assert_printed_metrics_stored(client, run_id, printed):
+    """Every evaluation a job printed before it stopped is in its run, with its value."""
+    assert printed, "the job printed no evaluation"
+    stored = {m.step: m.value for m in client.get_metric_history(run_id, "val_loss")}
+    for step, (val_loss, _) in printed.items():
+        assert step in stored, f"val_loss at step {step} was printed but not stored"
+        assert stored[step] == pytest.approx(val_loss, abs=6e-5)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+class MlflowServer:
+    """`mlflow server` on 127.0.0.1, its own sqlite file and artifact folder; stop/start."""
+
+    def __init__(self, folder):
+        self.folder, self.port = folder, free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self, timeout=180):
+        self.proc = subprocess.Popen(
+            [os.path.join(os.path.dirname(sys.executable), "mlflow"), "server",
+             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{self.folder}/server.db",
+             "--artifacts-destination", str(self.folder / "artifacts")],
+            # No job-runner processes (MLflow 3 starts several): a quicker start and stop.
+            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=2):
+                    return self
+            except OSError:
+                assert self.proc.poll() is None, "mlflow server exited at start"
+                time.sleep(0.5)
+        raise AssertionError("mlflow server did not answer")
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
+        self.proc = None
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path / "server").start()
+    yield server
+    server.stop()
+
+
+# ---------------------------------------------------------------- signals
+
+# SIGINT to the whole group, as Ctrl-C in a terminal does; SIGTERM to the launcher alone, as
+# `kill <pid>` or a scheduler does.
+def send(cli, signum):
+    if signum == signal.SIGINT:
+        os.killpg(cli.proc.pid, signum)
+    else:
+        cli.proc.send_signal(signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_closes_a_single_run_killed_with_every_printed_metric(tmp_path, store, signum):
+    cli = Cli([*LONG, f"mlflow.tracking_uri={store}", f"hydra.run.dir={tmp_path}/run"],
+              tmp_path, cli_env(tmp_path))
+    cli.wait_for(r"step +\d+/")
+    signalled = time.monotonic()
+    send(cli, signum)
+    assert cli.finish() == 128 + signum, cli.output[-3000:]
+    print(f"single run: exit {cli.proc.returncode} {time.monotonic() - signalled:.1f} s after "
+          f"{signal.Signals(signum).name}")
+    assert_no_orphans(cli.proc.pid)
+
+    client, runs = all_runs(store)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "KILLED" and run.data.tags["outcome"] == "killed"
+    assert_printed_metrics_stored(client, run.info.run_id, printed_evaluations(cli.output))
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"cli.log", "config.yaml"} <= artifacts  # the job log went up as it closed
+    assert f"stopped by {signal.Signals(signum).name}" in cli.output
+
+
+def sweep_args(store, launcher, lrs="0.01,0.001,0.002"):
+    joblib = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
+    return ["-m", *joblib, *LONG, f"optimizer.lr={lrs}", f"mlflow.tracking_uri={store}"]
+
+
+def job_logs(sweep_dir):
+    """{optimizer.lr override: the job's log text} for every job folder of a sweep."""
+    logs = {}
+    for name in os.listdir(sweep_dir):
+        folder = os.path.join(sweep_dir, name)
+        log_file = os.path.join(folder, "cli.log")
+        if os.path.isfile(log_file):
+            with open(os.path.join(folder, ".hydra", "overrides.yaml")) as f:
+                lr = re.search(r"optimizer\.lr=(\S+)", f.read()).group(1)
+            with open(log_file) as f:
+                logs[lr] = f.read()
+    return logs
+
+
+@pytest.mark.parametrize("launcher, signum", [
+    ("basic", signal.SIGINT),
+    pytest.param("basic", signal.SIGTERM, marks=pytest.mark.slow),
+    ("joblib", signal.SIGTERM),
+    pytest.param("joblib", signal.SIGINT, marks=pytest.mark.slow),
+])
+def test_a_signal_stops_a_sweep_and_closes_every_run(tmp_path, store, launcher, signum):
+    sweep_dir = tmp_path / "sweep"
+    cli = Cli([*sweep_args(store, launcher), f"hydra.sweep.dir={sweep_dir}"], tmp_path,
+              cli_env(tmp_path))
+    cli.wait_for(r"step +\d+/")
+    signalled_at = time.time()
+    send(cli, signum)
+    assert cli.finish() == 128 + signum, cli.output[-3000:]
+    print(f"{launcher} sweep: exit {cli.proc.returncode} {time.time() - signalled_at:.1f} s "
+          f"after {signal.Signals(signum).name}")
+    assert_no_orphans(cli.proc.pid)
+
+    client, runs = all_runs(store)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    parents = [r for r in runs if r.data.tags.get("sweeplab.role") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "KILLED"
+    assert "killed" in parents[0].data.tags["sweeplab.summary"]
+    assert 1 <= len(children) <= (2 if launcher == "joblib" else 1)  # none after the signal
+    assert all(c.info.start_time / 1000 < signalled_at + 1 for c in children)
+    logs = job_logs(sweep_dir)
+    for child in children:
+        assert child.info.status == "KILLED" and child.data.tags["outcome"] == "killed"
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        printed = printed_evaluations(logs[child.data.params["optimizer.lr"]])
+        if printed:  # a job stopped during its first interval printed nothing yet
+            assert_printed_metrics_stored(client, child.info.run_id, printed)
+    assert "resume with: sweeplab resume" in cli.output
+
+
+@pytest.mark.slow
+def test_joblib_workers_close_their_runs_and_exit_when_the_launcher_is_killed(tmp_path, store):
+    cli = Cli(sweep_args(store, "joblib"), tmp_path, cli_env(tmp_path))
+    cli.wait_for(r"step +\d+/")
+    cli.proc.send_signal(signal.SIGKILL)  # no handler runs in the launcher
+    cli.finish()
+    assert_no_orphans(cli.proc.pid, timeout=60)  # the workers noticed and left
+    _, runs = all_runs(store)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert children and all(c.info.status == "KILLED" for c in children)
+
+
+def test_a_run_whose_process_died_is_marked_lost(tmp_path, store):
+    from runner.store import mark_lost_runs
+
+    env = cli_env(tmp_path, SWEEPLAB_HEARTBEAT_SECONDS="1")
+    cli = Cli([*LONG, f"mlflow.tracking_uri={store}"], tmp_path, env)
+    cli.wait_for(r"step +\d+/")
+    client, runs = all_runs(store)
+    first_beat = int(runs[0].data.tags["sweeplab.heartbeat"])
+    time.sleep(3)
+    assert int(client.get_run(runs[0].info.run_id).data.tags["sweeplab.heartbeat"]) > first_beat
+    os.killpg(cli.proc.pid, signal.SIGKILL)
+    cli.finish()
+    assert client.get_run(runs[0].info.run_id).info.status == "RUNNING"  # it could not close
+
+    assert mark_lost_runs(client, [runs[0].info.experiment_id], lost_after=60) == []  # fresh
+    time.sleep(2)
+    assert mark_lost_runs(client, [runs[0].info.experiment_id], lost_after=1) == \
+        [runs[0].info.run_id]
+    run = client.get_run(runs[0].info.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["outcome"] == "lost"
+    assert run.data.tags["sweeplab.error"].startswith("lost: no heartbeat")
+
+
+# ---------------------------------------------------------------- the store, set up once
+
+def test_two_sweeps_and_two_runs_started_together_on_a_fresh_store(tmp_path, store):
+    env = cli_env(tmp_path)
+    clis = [Cli(["-m", *SHORT, f"optimizer.lr={lrs}", f"mlflow.tracking_uri={store}"],
+                tmp_path, env) for lrs in ("0.01,0.001", "0.002,0.003")]
+    clis += [Cli([*SHORT, f"optimizer.lr={lr}", f"mlflow.tracking_uri={store}",
+                  f"hydra.run.dir={tmp_path}/run{lr}"], tmp_path, env) for lr in ("0.004", "0.005")]
+    for cli in clis:
+        assert cli.finish(600) == 0, cli.output[-3000:]
+    client, runs = all_runs(store)
+    parents = [r for r in runs if r.data.tags.get("sweeplab.role") == "sweep"]
+    assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    for parent in parents:
+        children = [r for r in runs
+                    if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert len(children) == 2
+    singles = [r for r in runs if r.data.tags.get("sweeplab.role") != "sweep"
+               and "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(r.data.params["optimizer.lr"] for r in singles) == ["0.004", "0.005"]
+    assert all(r.info.status == "FINISHED" and r.data.tags["outcome"] == "ok" for r in runs
+               if r.data.tags.get("sweeplab.role") != "sweep")
+
+
+def test_a_parent_run_that_cannot_be_created_stops_the_sweep(tmp_path):
+    # A file where the store's folder should be: nothing can be created there.
+    (tmp_path / "blocked").write_text("not a folder")
+    store = f"sqlite:///{tmp_path}/blocked/mlflow.db"
+    done = subprocess.run([sys.executable, "-m", "runner", "-m", *SHORT,
+                           "optimizer.lr=0.01,0.001", f"mlflow.tracking_uri={store}"],
+                          cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("sweeplab: error:")]
+    assert len(errors) == 1 and "mlflow.tracking_uri" in errors[0], done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert "Launching" not in done.stdout  # no job ran
+
+
+# ---------------------------------------------------------------- the tracking server
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_an_unreachable_server_is_one_line(tmp_path, multirun):
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    args = ["-m", "optimizer.lr=0.01,0.001"] if multirun else []
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "runner", *args, *SHORT,
+                           f"mlflow.tracking_uri={uri}"], cwd=tmp_path, env=cli_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    seconds = time.monotonic() - started
+    print(f"unreachable server ({'sweep' if multirun else 'run'}): exit {done.returncode} "
+          f"after {seconds:.1f} s")
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("sweeplab: error:")]
+    assert len(errors) == 1, done.stderr[-2000:]
+    assert errors[0].startswith("sweeplab: error: mlflow.tracking_uri: no MLflow server "
+                                f"answers at {uri}")
+    assert "Traceback" not in done.stderr
+
+
+def test_server_killed_mid_run_training_finishes_and_sync_uploads_the_rest(tmp_path,
+                                                                           mlflow_server):
+    run_dir = tmp_path / "run"
+    env = cli_env(tmp_path, SWEEPLAB_MLFLOW_GIVE_UP_SECONDS="3")
+    cli = Cli([*SMALL, "train.steps=3000", "train.eval_every=50",
+               f"mlflow.tracking_uri={mlflow_server.uri}", f"hydra.run.dir={run_dir}"],
+              tmp_path, env)
+    cli.wait_for(r"step +\d+/")
+    killed = time.monotonic()
+    mlflow_server.stop()
+    assert cli.finish() == 0, cli.output[-3000:]  # training went on without the server
+    print(f"run ended {time.monotonic() - killed:.0f} s after its server was killed")
+    assert "step 3000/3000" in cli.output
+    warnings = [line for line in cli.lines if "sweeplab sync" in line]
+    assert len(warnings) == 1 and str(run_dir / "mlflow_pending.jsonl") in warnings[0]
+
+    mlflow_server.start()
+    sync = subprocess.run([sys.executable, "-m", "runner", "sync", str(run_dir)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert sync.returncode == 0, sync.stderr[-2000:]
+    assert "synced" in sync.stdout
+    client, runs = all_runs(mlflow_server.uri)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["outcome"] == "ok"
+    printed = printed_evaluations(cli.output)
+    assert max(printed) == 3000
+    assert_printed_metrics_stored(client, run.info.run_id, printed)
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 3000
+    assert "test_acc" in run.data.metrics and "time/tracking" in run.data.metrics
+    assert "plots/curves.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    # Synced once: a second sync finds nothing left.
+    again = subprocess.run([sys.executable, "-m", "runner", "sync", str(run_dir)], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "nothing to upload" in again.stdout
+
+
+@pytest.mark.slow
+def test_server_killed_mid_sweep_the_sweep_ends_and_sync_recovers_every_job(tmp_path,
+                                                                            mlflow_server):
+    sweep_dir = tmp_path / "sweep"
+    env = cli_env(tmp_path, SWEEPLAB_MLFLOW_GIVE_UP_SECONDS="3")
+    cli = Cli(["-m", *SMALL, "train.steps=3000", "train.eval_every=50", "optimizer.lr=0.01,0.001",
+               f"mlflow.tracking_uri={mlflow_server.uri}", f"hydra.sweep.dir={sweep_dir}"],
+              tmp_path, env)
+    cli.wait_for(r"step +\d+/")
+    killed = time.monotonic()
+    mlflow_server.stop()
+    assert cli.finish() == 1, cli.output[-3000:]  # it could not close its parent run
+    print(f"sweep ended {time.monotonic() - killed:.0f} s after its server was killed")
+    assert cli.output.count("step 3000/3000") == 2  # both jobs trained to the end
+    assert f"sweeplab sync {sweep_dir}" in cli.output
+
+    mlflow_server.start()
+    sync = subprocess.run([sys.executable, "-m", "runner", "sync", str(sweep_dir)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert sync.returncode == 0, sync.stderr[-2000:]
+    client, runs = all_runs(mlflow_server.uri)
+    parents = [r for r in runs if r.data.tags.get("sweeplab.role") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(c.data.params["optimizer.lr"] for c in children) == ["0.001", "0.01"]
+    for child in children:
+        assert child.info.status == "FINISHED" and child.data.tags["outcome"] == "ok"
+        assert child.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert len(client.get_metric_history(child.info.run_id, "train_loss")) == 3000
+
+
+def test_a_run_that_never_reached_its_server_is_created_by_sync(tmp_path, mlflow_server):
+    from runner.sync import main as sync_main
+    from runner.tracking import JobContext, TrackedRun
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    cfg = compose_cfg(*SHORT, f"mlflow.tracking_uri={dead}")
+    os.environ["SWEEPLAB_MLFLOW_GIVE_UP_SECONDS"] = "1"
+    try:
+        with TrackedRun(cfg, JobContext(overrides=("model=mlp",), output_dir=str(tmp_path)),
+                        {"sweeplab.task": "image_classification"}) as run:
+            for step in range(1, 21):
+                run.log_metrics({"val_loss": 1.0 / step}, step)
+            run.finish({"test_acc": 0.5}, outcome="ok")
+    finally:
+        del os.environ["SWEEPLAB_MLFLOW_GIVE_UP_SECONDS"]
+    assert run.run_id is None  # never created
+    journal = tmp_path / "mlflow_pending.jsonl"
+    header = json.loads(journal.read_text().splitlines()[0])
+    assert header["run_id"] is None and header["tracking_uri"] == dead
+
+    assert sync_main([str(tmp_path), "--tracking-uri", mlflow_server.uri]) == 0
+    client, runs = all_runs(mlflow_server.uri)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].info.run_name == "model=mlp"
+    history = client.get_metric_history(runs[0].info.run_id, "val_loss")
+    assert sorted(m.step for m in history) == list(range(1, 21))
+    assert runs[0].data.params["optimizer.lr"] == str(cfg.optimizer.lr)
+    assert {"config.yaml", "final_metrics.json"} <= \
+        {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+
+
+# ---------------------------------------------------------------- failures and resume
+
+def write_npz(folder, labels_high=9):
+    """A small mnist.npz; labels up to `labels_high` (> 9: a data error found only in training)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    np.savez(folder / "mnist.npz",
+             x_train=rng.integers(0, 255, (500, 28, 28), dtype=np.uint8),
+             y_train=rng.integers(0, labels_high + 1, 500).astype(np.uint8),
+             x_test=rng.integers(0, 255, (100, 28, 28), dtype=np.uint8),
+             y_test=rng.integers(0, 10, 100).astype(np.uint8))
+    return folder
+
+
+def test_a_job_that_raises_fails_alone_and_the_sweep_goes_on(tmp_path, store):
+    good, bad = write_npz(tmp_path / "good"), write_npz(tmp_path / "bad", labels_high=200)
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", "-m", *SHORT, "dataset=mnist",
+         f"dataset.data_dir={bad},{good}", f"mlflow.tracking_uri={store}"],
+        cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "1 job(s) failed" in done.stderr
+    client, runs = all_runs(store)
+    parent = [r for r in runs if r.data.tags.get("sweeplab.role") == "sweep"][0]
+    children = {r.data.params["dataset.data_dir"]: r for r in runs
+                if "mlflow.parentRunId" in r.data.tags}
+    assert parent.info.status == "FAILED"
+    failed, fine = children[str(bad)], children[str(good)]
+    assert failed.info.status == "FAILED" and failed.data.tags["outcome"] == "error"
+    assert "label" in failed.data.tags["sweeplab.error"].lower()
+    assert "\n" not in failed.data.tags["sweeplab.error"]
+    error_txt = client.download_artifacts(failed.info.run_id, "error.txt", str(tmp_path))
+    assert "Traceback" in open(error_txt).read()
+    assert fine.info.status == "FINISHED" and fine.data.tags["outcome"] == "ok"
+
+
+def test_record_failure_makes_a_failed_run_for_a_job_that_broke_before_its_run(tmp_path, store):
+    from runner.tracking import JobContext, record_failure
+
+    cfg = compose_cfg(*SHORT, f"mlflow.tracking_uri={store}")
+    try:
+        raise OSError("disk vanished while reading the data")
+    except OSError as err:
+        run_id = record_failure(cfg, JobContext(output_dir=str(tmp_path)), err)
+    client, runs = all_runs(store)
+    assert [r.info.run_id for r in runs] == [run_id]
+    assert runs[0].info.status == "FAILED"
+    assert runs[0].data.tags["sweeplab.error"] == "OSError: disk vanished while reading the data"
+
+
+def test_an_interrupted_sweep_resumes_each_config_exactly_once(tmp_path, store):
+    lrs = "0.01,0.001,0.002"
+    args = ["-m", *SMALL, "train.steps=3000", "train.eval_every=50", f"optimizer.lr={lrs}",
+            f"mlflow.tracking_uri={store}"]
+    first = Cli(args, tmp_path, cli_env(tmp_path))
+    first.wait_for(r"step +\d+/")
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.finish() == 143, first.output[-3000:]
+    sweep_dir = re.search(r"resume with: sweeplab resume (\S+)", first.output).group(1)
+
+    # The same command again: it finds the KILLED sweep and runs what did not finish.
+    again = Cli(args, tmp_path, cli_env(tmp_path))
+    assert again.finish(600) == 0, again.output[-3000:]
+    assert "resuming sweep run" in again.output and sweep_dir in again.output
+
+    client, runs = all_runs(store)
+    parents = [r for r in runs if r.data.tags.get("sweeplab.role") == "sweep"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert sorted(c.data.params["optimizer.lr"] for c in finished) == ["0.001", "0.002", "0.01"]
+    assert all(c.info.status == "KILLED" for c in children if c not in finished)
+    assert len({c.data.tags["sweeplab.config_hash"] for c in finished}) == 3
+
+    # Nothing is left to do: resume says so, a rerun of the same command skips every job.
+    resume = subprocess.run([sys.executable, "-m", "runner", "resume", sweep_dir], cwd=tmp_path,
+                            env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert resume.returncode == 0 and "nothing to resume" in resume.stdout
+
+
+@pytest.mark.slow
+def test_resume_subcommand_reruns_only_the_failed_job(tmp_path, store):
+    good, bad = write_npz(tmp_path / "good"), write_npz(tmp_path / "bad", labels_high=200)
+    sweep_dir = tmp_path / "sweep"
+    first = subprocess.run(
+        [sys.executable, "-m", "runner", "-m", *SHORT, "dataset=mnist",
+         f"dataset.data_dir={bad},{good}", f"mlflow.tracking_uri={store}",
+         f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 1
+    with np.load(bad / "mnist.npz") as arrays:  # the data fixed: labels back in 0..9
+        fixed = {k: (v % 10 if k.startswith("y") else v) for k, v in arrays.items()}
+    np.savez(bad / "mnist.npz", **fixed)
+    resume = subprocess.run([sys.executable, "-m", "runner", "resume", str(sweep_dir)],
+                            cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
+                            timeout=600)
+    assert resume.returncode == 0, resume.stderr[-3000:]
+    assert resume.stdout.count("already finished: run") == 1
+    client, runs = all_runs(store)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED", "FINISHED"]
+    parent = [r for r in runs if r.data.tags.get("sweeplab.role") == "sweep"][0]
+    assert parent.info.status == "FINISHED"
+
+
+def test_stale_rejection_markers_are_cleared_at_sweep_start(tmp_path, store):
+    sweep_dir = tmp_path / "sweep"
+
+    def sweep(lrs):
+        return subprocess.run(
+            [sys.executable, "-m", "runner", "-m", *SHORT, f"optimizer.lr={lrs}",
+             f"mlflow.tracking_uri={store}", f"hydra.sweep.dir={sweep_dir}"],
+            cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
+
+    rejected = sweep("-1")
+    assert rejected.returncode == 2 and (sweep_dir / "0" / "CONFIG_ERROR").exists()
+    fine = sweep("0.01")
+    assert fine.returncode == 0, fine.stderr[-2000:]
+    assert not (sweep_dir / "0" / "CONFIG_ERROR").exists()
