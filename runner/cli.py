@@ -42,16 +42,23 @@ def run_task(cfg, job: JobContext) -> float:
     return task.run(cfg, job)
 
 
+def reject(err: ConfigError) -> float:
+    """One line naming the option and the fix; no traceback for a user's typo.
+
+    A single run exits 2. In a sweep the other jobs still run: the job is marked rejected, and
+    the sweep exits non-zero at the end. Launchers that run jobs themselves call this too.
+    """
+    print(f"sweeplab: error: {err}", file=sys.stderr, flush=True)
+    if not sweep.in_multirun():
+        sys.exit(2)
+    sweep.mark_rejected(str(err))
+    return float("nan")
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     try:
         validate(cfg)
         return run_task(cfg, job_context())
     except ConfigError as err:
-        # One line naming the option and the fix; no traceback for a user's typo.
-        print(f"sweeplab: error: {err}", file=sys.stderr, flush=True)
-        if not sweep.in_multirun():
-            sys.exit(2)
-        # In a sweep, the other jobs still run; the sweep exits non-zero at the end.
-        sweep.mark_rejected(str(err))
-        return float("nan")
+        return reject(err)

@@ -129,7 +129,9 @@ class TrackedRun:
         self.client.log_text(self.run_id, OmegaConf.to_yaml(self.cfg, resolve=True),
                              "config.yaml")
         self.client.log_text(self.run_id, "\n".join(overrides) + "\n", "overrides.txt")
-        log.info("MLflow run %s (%s) in %s", run.info.run_name, self.run_id, uri)
+        # The job's own logger: with several jobs in one process, the line is this job's.
+        logging.getLogger(self.job.logger_name or __name__).info(
+            "MLflow run %s (%s) in %s", run.info.run_name, self.run_id, uri)
         return self
 
     def log_derived(self, values: Dict[str, object]) -> None:
