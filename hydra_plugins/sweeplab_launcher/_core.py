@@ -86,14 +86,15 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     console = console_logging(config.hydra.job_logging)
     if console is not None:
         configure_log(console, config.hydra.verbose)
-    callbacks = launcher.hydra_context.callbacks
+    def done(index: int, results: list) -> None:
+        finish(groups[index], works[index], results, launcher.hydra_context.callbacks,
+               launcher.task_function)
+
     if launcher.n_workers == 1 or len(works) == 1:
-        for group, work in zip(groups, works):
-            start(group, work, callbacks, launcher.task_function)
-            finish(group, run_work(work), callbacks)
+        for index, work in enumerate(works):
+            done(index, run_work(work))
     else:
-        run_in_workers(works, groups, min(launcher.n_workers, len(works)), console, callbacks,
-                       launcher.task_function)
+        run_in_workers(works, min(launcher.n_workers, len(works)), console, done)
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     return [job.ret for job in jobs]
 
@@ -233,16 +234,16 @@ def job_config(config):
         HydraConfig.instance().cfg = previous
 
 
-def start(jobs: List[Job], work: Work, callbacks, task_function) -> None:
-    for job in jobs:
+def finish(jobs: List[Job], work: Work, results: list, callbacks, task_function) -> None:
+    """Each job's JobReturn from its result; the callbacks hear of the job.
+
+    Callbacks get on_job_start and on_job_end as a pair per job, once its chunk is done: Hydra's
+    callbacks keep state from a job's start to its end (PickleJobInfoCallback keeps the output
+    dir), which jobs started together would overwrite.
+    """
+    for job, result in zip(jobs, results):
         with job_config(job.config), env_override(work.env):
             callbacks.on_job_start(config=job.config, task_function=task_function)
-
-
-def finish(jobs: List[Job], results: list, callbacks) -> None:
-    """Each job's JobReturn from its result, then the callbacks' on_job_end."""
-    for job, result in zip(jobs, results):
-        with job_config(job.config):
             if isinstance(result, Rejected):
                 job.ret.return_value = cli.reject(ConfigError(result.message))
             elif isinstance(result, BaseException):
@@ -269,10 +270,12 @@ def worker(todo, results, console) -> None:
                                      if isinstance(v, BaseException) else v for v in values]))
 
 
-def run_in_workers(works: List[Work], groups: List[List[Job]], n_workers: int, console,
-                   callbacks, task_function) -> None:
-    """Chunks to `n_workers` spawned processes; wait for all. A worker that dies fails the jobs
-    of the chunk it held (and, if no worker is left, the chunks nobody took) — no hang."""
+def run_in_workers(works: List[Work], n_workers: int, console, done) -> None:
+    """Chunks to `n_workers` spawned processes; `done(index, results)` as each chunk ends.
+
+    A worker that dies fails the jobs of the chunk it held (and, once no worker is left, the
+    chunks nobody took): the launcher never waits for a dead process.
+    """
     spawn = multiprocessing.get_context("spawn")
     todo, results = spawn.Queue(), spawn.Queue()
     for item in enumerate(works):
@@ -289,16 +292,14 @@ def run_in_workers(works: List[Work], groups: List[List[Job]], n_workers: int, c
         kind, index, payload = message
         if kind == "start":
             held[index] = payload
-            start(groups[index], works[index], callbacks, task_function)
         elif index in pending:
             pending.discard(index)
-            held.pop(index, None)
-            finish(groups[index], payload, callbacks)
+            done(index, payload)
 
     def fail(index, why):
         pending.discard(index)
-        log.error("jobs %s failed: %s", [job.num for job in groups[index]], why)
-        finish(groups[index], [RuntimeError(why)] * len(groups[index]), callbacks)
+        log.error("jobs %s failed: %s", [num for num, _, _ in works[index].jobs], why)
+        done(index, [RuntimeError(why)] * len(works[index].jobs))
 
     while pending:
         try:
@@ -310,7 +311,7 @@ def run_in_workers(works: List[Work], groups: List[List[Job]], n_workers: int, c
         if not dead:
             continue
         drain(results, handle)  # what a worker sent just before it exited
-        for index, pid in list(held.items()):
+        for index, pid in held.items():
             if pid in dead and index in pending:
                 fail(index, f"its worker process {pid} died (exit code {dead[pid]})")
         if len(dead) == len(workers):
