@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, TINY, children_of, cli_env, compose_cfg, runs_of
 from hydra_plugins.sweeplab_launcher._plan import even_chunks, graph_key, plan_chunks

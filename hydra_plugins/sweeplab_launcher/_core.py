@@ -64,10 +64,12 @@ class Rejected:
     message: str
 
 
-def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
+def launch(launcher, job_overrides: Sequence[Sequence[str]],
+           initial_job_idx: int) -> List[JobReturn]:
     setup_globals()
     config = launcher.config
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    check_settings(launcher.max_stack, launcher.n_workers)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     if config.hydra.job.chdir:
         log.warning("hydra.job.chdir=true is ignored by hydra/launcher=stacked: jobs that share "
@@ -80,14 +82,15 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     accepted = [job for job in jobs if job.cfg is not None]
     chunks = plan_chunks([job.cfg for job in accepted], [env_of(job) for job in accepted],
                          launcher.max_stack)
-    works = [work_of([accepted[i] for i in chunk.members], chunk, config.hydra.job_logging)
-             for chunk in chunks]
-    groups = [[accepted[i] for i in chunk.members] for chunk in chunks]
+    members = [[accepted[i] for i in chunk.members] for chunk in chunks]
+    works = [work_of(group, chunk, config.hydra.job_logging)
+             for group, chunk in zip(members, chunks)]
     console = console_logging(config.hydra.job_logging)
     if console is not None:
         configure_log(console, config.hydra.verbose)
+
     def done(index: int, results: list) -> None:
-        finish(groups[index], works[index], results, launcher.hydra_context.callbacks,
+        finish(members[index], works[index], results, launcher.hydra_context.callbacks,
                launcher.task_function)
 
     if launcher.n_workers == 1 or len(works) == 1:
@@ -97,6 +100,16 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         run_in_workers(works, min(launcher.n_workers, len(works)), console, done)
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     return [job.ret for job in jobs]
+
+
+def check_settings(max_stack: int, n_workers: int) -> None:
+    """The launcher's own options: a bad one is the CLI's one line and exit 2."""
+    for option, value, example in (("max_stack", max_stack, 16), ("n_workers", n_workers, 2)):
+        if not isinstance(value, int) or value < 1:
+            print(f"sweeplab: error: hydra.launcher.{option}: must be an integer >= 1, got "
+                  f"{value!r}; e.g. hydra.launcher.{option}={example}", file=sys.stderr,
+                  flush=True)
+            sys.exit(2)
 
 
 # ---------------------------------------------------------------- setting up each job
@@ -109,7 +122,7 @@ def set_up(launcher, overrides: Sequence[str], idx: int) -> Job:
     with open_dict(config):
         config.hydra.job.id = idx
         config.hydra.job.num = idx
-    # No callbacks here: they hear of the job when it really starts and ends (start/finish).
+    # No callbacks yet: they hear of the job once it has trained (`finish`).
     quiet = HydraContext(config_loader=context.config_loader, callbacks=Callbacks())
     ret = run_job(hydra_context=quiet, task_function=accept, config=config,
                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
@@ -282,7 +295,8 @@ def run_in_workers(works: List[Work], n_workers: int, console, done) -> None:
         todo.put(item)
     for _ in range(n_workers):
         todo.put(None)
-    workers = [spawn.Process(target=worker, args=(todo, results, console)) for _ in range(n_workers)]
+    workers = [spawn.Process(target=worker, args=(todo, results, console))
+               for _ in range(n_workers)]
     for process in workers:
         process.start()
     held: Dict[int, int] = {}  # chunk index -> pid of the worker training it
