@@ -199,6 +199,16 @@ def test_a_rejected_job_is_skipped_and_an_alexnet_job_trains_alone(tmp_path):
     assert run.data.tags["sweeplab.launcher"] == "stacked"
 
 
+def test_a_bad_launcher_option_is_one_line_and_exit_2(tmp_path):
+    process = start_cli([*STACKED, "hydra.launcher.max_stack=0", "model=mlp",
+                         "optimizer.lr=0.1,0.2", STORE], tmp_path)
+    code, _, err = outcome(process, tmp_path)
+    assert code == 2 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("sweeplab:")] == [
+        "sweeplab: error: hydra.launcher.max_stack: must be an integer >= 1, got 0; "
+        "e.g. hydra.launcher.max_stack=16"]
+
+
 # ---------------------------------------------------------------- worker processes
 
 @pytest.mark.slow
