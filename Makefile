@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+CLUSTER_STAMP := $(VENV)/.cluster-installed-stamp
 UI_PORT ?= 5000
 
-.PHONY: setup run test test-slow test-all ui bench data clean
+.PHONY: setup run test test-slow test-all test-cluster ui bench data clean
 
 # Recreated whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -30,6 +31,16 @@ test-slow: setup
 
 test-all: setup
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# The cluster launchers on this machine: a local Ray cluster (hydra/launcher=ray_cluster) and
+# submitit's local executor, each running a 2-job sweep against a real `mlflow server` on
+# 127.0.0.1. Installs the .[ray,slurm] extras first (~300 MB, once).
+$(CLUSTER_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,ray,slurm]"
+	touch $(CLUSTER_STAMP)
+
+test-cluster: $(CLUSTER_STAMP)
+	$(PY) -m pytest -q -m cluster
 
 # MLflow UI on the project's tracking store, local only.
 ui: setup

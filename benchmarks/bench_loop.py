@@ -14,7 +14,7 @@ Variants (all do the same number of Adam updates on batches of 8):
                     times from Python; batches are still sliced in numpy and fed in.
   fused minimal     one tf.function runs 10 steps per call (tf.range loop, batch indices
                     drawn on the graph); no statistics, returns only the last loss.
-  sweeplab k=...    the engine, `runner.loop.make_train_steps([variant], ...)` with the
+  sweeplab k=...    the engine, `runner.loop.make_train_steps(variant, ...)` with the
                     variant built by `runner.tasks.image.build_variant`, called like
                     `runner.tasks.image.fit` calls it:
                     k = train.eval_every steps per call. On top of the minimal fused loop it
@@ -207,13 +207,13 @@ def loop_sweeplab(cfg, splits, steps):
     plan = image.plan(cfg.train, len(splits.train.y))
     batches = image.ShuffledBatches(splits.train, cfg.train.batch_size, cfg.seed)
     variant = image.build_variant(cfg, splits, plan, batches)
-    train_steps = make_train_steps([variant], capacity=cfg.train.eval_every,
+    train_steps = make_train_steps(variant, capacity=cfg.train.eval_every,
                                    jit_compile=cfg.train.jit_compile)
     calls, loss, step = [], None, 0
     while step < steps:
         k = min(cfg.train.eval_every, steps - step)
         started = time.perf_counter()
-        (interval,) = train_steps(k)
+        interval = train_steps(k)
         calls.append((interval.applied, time.perf_counter() - started))
         step += interval.applied
         if interval.applied:

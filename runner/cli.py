@@ -1,6 +1,8 @@
 """Command line: `python -m runner` / `sweeplab`. Hydra parses overrides and sweeps.
 
 One job: validate the config once (before TensorFlow loads), pick its task, run it.
+`sweeplab report ...` (and the other SUBCOMMANDS) are plain argparse programs; anything else
+is the Hydra app.
 """
 import os
 import sys
@@ -12,7 +14,7 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from runner import sweep, tasks  # noqa: E402
+from runner import progress, sweep, tasks  # noqa: E402
 from runner.config import ConfigError, register_configs, validate  # noqa: E402
 from runner.tracking import JobContext  # noqa: E402
 
@@ -56,9 +58,29 @@ def reject(err: ConfigError) -> float:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
+def hydra_app(cfg: DictConfig) -> float:
     try:
         validate(cfg)
-        return run_task(cfg, job_context())
+        value = run_task(cfg, job_context())
+        if not sweep.in_multirun():
+            progress.reporter().close()
+        return value
     except ConfigError as err:
         return reject(err)
+
+
+def _report(argv) -> int:
+    from runner import report  # matplotlib and rich load only for this subcommand
+
+    return report.main(argv)
+
+
+# `sweeplab NAME ARGS...` -> NAME's main(ARGS) -> exit code.
+SUBCOMMANDS = {"report": _report}
+
+
+def main() -> None:
+    """`sweeplab` / `python -m runner`: a subcommand, or the Hydra app with overrides."""
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        sys.exit(SUBCOMMANDS[sys.argv[1]](sys.argv[2:]))
+    hydra_app()

@@ -24,6 +24,8 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from runner.results import METRICS
+
 
 class ConfigError(ValueError):
     """A bad option value; its message is one line a user can act on."""
@@ -218,6 +220,13 @@ class MLflowConfig:
 
 
 @dataclass
+class ReportConfig:
+    # The sweep report's metric (map colour, best-first order): null = val_loss, or
+    # valid_perplexity for the language model. One of runner.results.METRICS.
+    metric: Optional[str] = None
+
+
+@dataclass
 class Config:
     dataset: DatasetConfig = MISSING
     model: Any = MISSING  # one of MODEL_SCHEMAS, picked by model.name
@@ -229,6 +238,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     plots: PlotsConfig = field(default_factory=PlotsConfig)
     mlflow: MLflowConfig = field(default_factory=MLflowConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
 
 # The closed set of model names (`model.name`): each with its own schema.
@@ -446,6 +456,11 @@ def validate_plots(cfg) -> None:
     _at_least(cfg.skip_first, "plots.skip_first", 0, 20)
 
 
+def validate_report(cfg) -> None:
+    if cfg.metric is not None:
+        _one_of(cfg.metric, "report.metric", METRICS)
+
+
 def validate_mlflow(cfg) -> None:
     """The store's scheme and the experiment name; whether the store answers is not checked here."""
     _require(bool(cfg.experiment_name and cfg.experiment_name.strip()), "mlflow.experiment_name",
@@ -511,4 +526,5 @@ def validate(cfg) -> None:
     validate_train(cfg.train)
     validate_plots(cfg.plots)
     validate_mlflow(cfg.mlflow)
+    validate_report(cfg.report)
     validate_seed(cfg.seed)

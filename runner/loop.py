@@ -1,16 +1,16 @@
-"""The training engine: one compiled multi-step loop for every task, for one model or several.
+"""The training engine: one compiled multi-step loop for every task.
 
-A task (image classification, language model) hands the engine a list of *variants* — a
-model with its optimizer, lr schedule, clipping and penalty, a batch source and an objective —
-and gets back `train_steps(k)`: one `tf.function` call that runs up to k updates of every
-variant and returns each variant's per-step series. Per step and variant:
+A task (image classification, language model) hands the engine a *variant* — a Keras model
+with its optimizer, lr schedule, clipping and penalty, a batch source and an objective — and
+gets back `train_steps(k)`: one `tf.function` call that runs up to k updates and returns the
+per-step series. Per step:
 
-    batch -> objective + penalty -> gradients -> guard -> clip -> apply -> series
+    batch -> objective + penalty -> gradients -> clip -> guard -> apply -> series
 
-The guard applies an update only when the loss *and every gradient* are finite; a variant whose
-update is refused stops there (`diverged`) while the others go on. Variants live side by side in
-one graph (the loop body is unrolled over them), so a sweep's jobs that share their shapes train
-in one call; a single run is one variant.
+The guard applies an update only when the loss *and every gradient* are finite; a refused
+update ends the call, and the task marks the run `diverged` at that step. Several jobs of a
+sweep that share their shapes train as one network instead (runner/stacked.py), which returns
+the same `Interval`s.
 """
 import random
 from dataclasses import dataclass
@@ -103,60 +103,35 @@ def _attempt(variant: Variant, batch):
         stats["var_norms"], stats["var_norms_clipped"]
 
 
-def make_train_steps(variants: List[Variant], capacity: int, jit_compile: bool = False):
-    """`train_steps(k)` -> [Interval per variant]: up to k (<= capacity) updates in one call.
+def make_train_steps(variant: Variant, capacity: int, jit_compile: bool = False):
+    """`train_steps(k)` -> Interval: up to k (<= capacity) updates of `variant` in one call.
 
     `capacity` fixes the TensorArrays' size, so the function is traced once (and can be
-    XLA-compiled). The call returns when k steps are done or every variant has diverged.
+    XLA-compiled). The call returns when k steps are done or an update was refused.
     """
-    sources = list({id(v.batches): v.batches for v in variants}.values())
-    source_of = [sources.index(v.batches) for v in variants]
-    counts = [len(v.model.trainable_variables) for v in variants]
-    for variant in variants:  # slots exist before tracing: no variable is created in the loop
-        variant.optimizer.build(variant.model.trainable_variables)
-
-    def skipped(v):
-        zeros = tf.zeros((counts[v],))
-        return tf.constant(False), [tf.constant(0.0)] * len(SERIES), zeros, zeros
+    variant.optimizer.build(variant.model.trainable_variables)  # slots exist before tracing
+    count = len(variant.model.trainable_variables)
 
     @tf.function(jit_compile=jit_compile)
     def train_steps(k):
-        n = len(variants)
-        series = [[tf.TensorArray(tf.float32, size=capacity, element_shape=())
-                   for _ in SERIES] for _ in range(n)]
-        norms = [[tf.TensorArray(tf.float32, size=capacity, element_shape=(counts[v],))
-                  for _ in range(2)] for v in range(n)]
-        alive = [tf.constant(True)] * n
-        applied = [tf.constant(0)] * n
-        i = tf.constant(0)
-        while i < k and tf.reduce_any(tf.stack(alive)):
-            batches = [source.next() for source in sources]
-            new_alive, new_applied, new_series, new_norms = [], [], [], []
-            for v, variant in enumerate(variants):
-                ok, values, before, after = tf.cond(
-                    alive[v], lambda variant=variant, v=v: _attempt(variant, batches[source_of[v]]),
-                    lambda v=v: skipped(v))
-                new_alive.append(ok)
-                new_applied.append(applied[v] + tf.cast(ok, tf.int32))
-                new_series.append([ta.write(i, x) for ta, x in zip(series[v], values)])
-                new_norms.append([norms[v][0].write(i, before), norms[v][1].write(i, after)])
-            alive, applied, series, norms = new_alive, new_applied, new_series, new_norms
+        series = [tf.TensorArray(tf.float32, size=capacity, element_shape=()) for _ in SERIES]
+        norms = [tf.TensorArray(tf.float32, size=capacity, element_shape=(count,))
+                 for _ in range(2)]
+        i, applied = tf.constant(0), tf.constant(True)
+        while i < k and applied:
+            applied, values, before, after = _attempt(variant, variant.batches.next())
+            series = [ta.write(i, x) for ta, x in zip(series, values)]
+            norms = [norms[0].write(i, before), norms[1].write(i, after)]
             i += 1
-        return (tf.stack(applied), tf.stack(alive),
-                [[ta.stack() for ta in s] for s in series],
-                [[ta.stack() for ta in n] for n in norms])
+        done = i - tf.cast(tf.logical_not(applied), tf.int32)  # updates actually applied
+        return done, applied, [ta.stack() for ta in series], [ta.stack() for ta in norms]
 
-    def call(k: int) -> List[Interval]:
-        applied, alive, series, norms = train_steps(tf.constant(k))
-        applied, alive = applied.numpy(), alive.numpy()
-        intervals = []
-        for v in range(len(variants)):
-            done = int(applied[v])
-            intervals.append(Interval(
-                applied=done, diverged=not bool(alive[v]),
-                series={name: s.numpy()[:done] for name, s in zip(SERIES, series[v])},
-                var_norms=norms[v][0].numpy()[:done], var_norms_clipped=norms[v][1].numpy()[:done]))
-        return intervals
+    def call(k: int) -> Interval:
+        done, applied, series, (before, after) = train_steps(tf.constant(k))
+        done = int(done)
+        return Interval(applied=done, diverged=not bool(applied),
+                        series={name: s.numpy()[:done] for name, s in zip(SERIES, series)},
+                        var_norms=before.numpy()[:done], var_norms_clipped=after.numpy()[:done])
 
     return call
 

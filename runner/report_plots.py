@@ -7,7 +7,7 @@ coloured along a sequential colormap and labelled at the line's end (no legend o
 Figures are plain `Figure` objects at dpi 100, cheap to render and never left open.
 """
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 from matplotlib import colormaps

@@ -11,24 +11,24 @@ import json
 import logging
 import os
 import sys
-from typing import List
+from typing import List, Optional
 
 from hydra.core.hydra_config import HydraConfig
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict, read_write
 
-from runner import tracking
-from runner.tasks import spec_of_run
+from runner import progress, report, tracking
+from runner.report import TAG_ROLE, TAG_SWEEP_DIR
+from runner.tasks import spec_for
 
 log = logging.getLogger(__name__)
 
 # Shipped with every job of a sweep (hydra.job.env_set); read by `job_sweep_context`.
 ENV_PARENT_RUN = "SWEEPLAB_PARENT_RUN_ID"
 ENV_SWEEP_OVERRIDES = "SWEEPLAB_SWEEP_OVERRIDES"  # JSON list: the overrides every job shares
-TAG_SWEEP_DIR = "sweeplab.sweep_dir"
-TAG_ROLE = "sweeplab.role"
 # Left in a job's output folder when its config was rejected; the sweep counts them at the end.
 CONFIG_ERROR_MARKER = "CONFIG_ERROR"
 
@@ -67,19 +67,24 @@ class SweepCallback(Callback):
             config.hydra.sweep.dir = sweep_dir  # where the launcher creates the sweep folder
         _ship_with_every_job(config, [
             f"hydra.sweep.dir={_quoted(sweep_dir)}",
+            # Absolute, so a worker in another directory (Ray, SLURM) writes to this store.
+            f"mlflow.tracking_uri={_quoted(uri)}",
             f"++hydra.job.env_set.{ENV_PARENT_RUN}={parent_id}",
             f"++hydra.job.env_set.{ENV_SWEEP_OVERRIDES}="
             f"{_quoted(json.dumps(common_overrides(overrides)))}",
         ])
         self.parent_id = parent_id
         log.info("MLflow sweep run %s in %s", parent_id, uri)
+        progress.reporter().sweep_started(count_jobs(config))
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        progress.reporter().close()
         client = MlflowClient(tracking_uri=tracking.tracking_uri(config.mlflow))
         parent = getattr(self, "parent_id", None)
         if parent is not None:
             try:
-                summarise_sweep(client, parent)
+                summarise_sweep(client, parent, config.report.metric
+                                or spec_for(config.model).report_metric)
             finally:
                 client.set_terminated(parent, "FINISHED")
         rejected = rejected_jobs(os.path.abspath(config.hydra.sweep.dir))
@@ -88,6 +93,19 @@ class SweepCallback(Callback):
                   f"bad config values (see the lines above): {', '.join(rejected)}",
                   file=sys.stderr, flush=True)
             sys.exit(2)
+
+
+def count_jobs(config) -> Optional[int]:
+    """How many jobs the basic sweeper will make of the preset's sweep and the command line."""
+    params = {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
+    for line in config.hydra.overrides.task:  # the command line wins over the preset
+        key, _, value = line.partition("=")
+        params[key] = value
+    try:
+        parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+        return len(BasicSweeper.split_arguments(parsed, None)[0])
+    except Exception:  # a launcher or sweeper of its own: no total, the bars still work
+        return None
 
 
 def job_sweep_context() -> tuple:
@@ -122,29 +140,11 @@ def rejected_jobs(sweep_dir: str) -> List[str]:
                   if os.path.isfile(os.path.join(sweep_dir, name, CONFIG_ERROR_MARKER)))
 
 
-def summarise_sweep(client: MlflowClient, parent: str) -> None:
-    """Overlay every child's curves on the parent run, plus a table of final numbers.
-
-    Each child names its task (tag `sweeplab.task`); the task says which curves and final
-    metrics its runs are compared on.
-    """
-    from runner import plots  # matplotlib only when a sweep ends, not for every job's import
-
-    exp_id = client.get_run(parent).info.experiment_id
-    children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent}'",
-                                  order_by=["attributes.start_time ASC"], max_results=1000)
-    histories, rows, spec = {}, [], None
-    for child in children:
-        spec = spec_of_run(child.data.tags)
-        name = child.info.run_name
-        histories[name] = {key: [(m.step, m.value) for m in
-                                 client.get_metric_history(child.info.run_id, key)]
-                           for key in spec.curves}
-        metrics = child.data.metrics
-        rows.append({"run": name, "outcome": child.data.tags.get("outcome", "?"),
-                     **{k: metrics[k] for k in spec.final if k in metrics}})
-    if histories:
-        client.log_figure(parent, plots.sweep_comparison(histories, spec.curves),
-                          "plots/sweep_curves.png")
-    client.log_dict(parent, {"runs": rows}, "sweep_summary.json")
-    client.set_tag(parent, "sweeplab.jobs", str(len(children)))
+def summarise_sweep(client: MlflowClient, parent: str, metric: Optional[str]) -> None:
+    """The sweep's report on its parent run: the map, the curves, the table (runner.report)."""
+    try:
+        location = report.log_report(client, parent, metric)
+    except ValueError as err:  # no job finished: nothing to compare
+        log.warning("no sweep report: %s", err)
+        return
+    log.info("sweep report: %s", location.artifact_uri)

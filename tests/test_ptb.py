@@ -345,8 +345,8 @@ def test_same_seed_same_losses_with_dropout():
         variant = Variant(model, optim.optimizer(cfg.optimizer, lr_at), lr_at, cfg.clipping,
                           cfg.regularizer, language_model.Windows(x, y),
                           language_model.objective(cfg.train, state, cfg.model.num_steps))
-        train_steps = make_train_steps([variant], capacity=6)
-        return train_steps(6)[0].series["train_loss"].tolist()
+        train_steps = make_train_steps(variant, capacity=6)
+        return train_steps(6).series["train_loss"].tolist()
 
     first = losses(3)
     assert first == losses(3) and first != losses(4)

@@ -18,7 +18,7 @@ def test_mlp_explode_diverges_without_clipping_and_global_norm_caps_at_15(tmp_pa
     # Inputs / 50 make the unclipped gradients explode to NaN within a few steps (seed 002).
     assert none.data.tags["outcome"] == "diverged"
     assert none.data.metrics["diverged_at_step"] <= 40
-    assert clipped.data.tags["outcome"] == "ok"
+    assert clipped.data.tags["outcome"] != "diverged"  # 40 steps: finite, maybe not yet learned
     before = client.get_metric_history(clipped.info.run_id, "grad_norm")
     after = client.get_metric_history(clipped.info.run_id, "grad_norm_clipped")
     assert max(m.value for m in before) > 15  # clipping had work to do

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 TAG_LAUNCHER = "sweeplab.launcher"
 TAG_STACKED = "sweeplab.stacked"  # how many jobs trained in this job's graph
 HYDRA_FILE_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's default
+STEPS_LOGGER = "sweeplab.steps"  # the tasks' per-evaluation lines (runner.tasks.image)
 POLL_SECONDS = 1.0  # how often the launcher checks that its workers are alive
 
 
@@ -56,6 +57,7 @@ class Work:
     alone: Optional[str]  # why a single job trains alone; None = stacked
     env: Dict[str, str]
     file_format: str
+    file_loggers: List[str]  # the loggers Hydra's job logging gives the job's file ("" = root)
 
 
 @dataclass
@@ -152,34 +154,50 @@ def env_of(job: Job) -> Dict[str, str]:
 def work_of(jobs: List[Job], chunk: Chunk, job_logging) -> Work:
     tags = {TAG_LAUNCHER: "stacked", TAG_STACKED: str(len(jobs))}
     return Work(jobs=[(job.num, job.cfg, replace(job.context, extra_tags=tags)) for job in jobs],
-                alone=chunk.alone, env=env_of(jobs[0]), file_format=file_format(job_logging))
+                alone=chunk.alone, env=env_of(jobs[0]), file_format=file_format(job_logging),
+                file_loggers=file_loggers(job_logging))
 
 
 # ---------------------------------------------------------------- logging
+
+def _file_handlers(conf: dict) -> set:
+    return {name for name, h in (conf.get("handlers") or {}).items()
+            if "FileHandler" in str(h.get("class", ""))}
+
+
+def _container(job_logging) -> dict:
+    return OmegaConf.to_container(job_logging, resolve=False) if job_logging is not None else {}
+
 
 def console_logging(job_logging):
     """Hydra's job logging without its file handlers: a process training several jobs has no
     one job file for every line; each job's file gets its own lines (`job_logs`)."""
     if job_logging is None:
         return None
-    conf = OmegaConf.to_container(job_logging, resolve=False)
-    handlers = conf.get("handlers") or {}
-    files = {name for name, h in handlers.items() if "FileHandler" in str(h.get("class", ""))}
+    conf = _container(job_logging)
+    files = _file_handlers(conf)
     for name in files:
-        del handlers[name]
+        del conf["handlers"][name]
     for node in [conf.get("root") or {}, *(conf.get("loggers") or {}).values()]:
         if node.get("handlers"):
             node["handlers"] = [h for h in node["handlers"] if h not in files]
     return OmegaConf.create(conf)
 
 
+def file_loggers(job_logging) -> List[str]:
+    """The loggers whose lines Hydra's job logging writes to the job's file ("" = root)."""
+    conf = _container(job_logging)
+    files = _file_handlers(conf)
+    named = {"": conf.get("root") or {}, **(conf.get("loggers") or {})}
+    return [name for name, node in named.items() if files & set(node.get("handlers") or ())]
+
+
 def file_format(job_logging) -> str:
     """The line format Hydra's job logging gives a job's log file."""
-    conf = OmegaConf.to_container(job_logging, resolve=False) if job_logging is not None else {}
-    for handler in (conf.get("handlers") or {}).values():
-        if "FileHandler" in str(handler.get("class", "")):
-            formatter = (conf.get("formatters") or {}).get(handler.get("formatter"), {})
-            return formatter.get("format", HYDRA_FILE_FORMAT)
+    conf = _container(job_logging)
+    for name in sorted(_file_handlers(conf)):
+        formatter = (conf.get("formatters") or {}).get(conf["handlers"][name].get("formatter"))
+        return (formatter or {}).get("format", HYDRA_FILE_FORMAT)
     return HYDRA_FILE_FORMAT
 
 
@@ -187,8 +205,10 @@ def file_format(job_logging) -> str:
 def job_logs(work: Work):
     """Each job's log file gets its own lines; yields the contexts the task should use.
 
-    A job alone in the process gets every line, as under `run_job`. Jobs sharing a graph each
-    get a logger of their own (`JobContext.logger_name`) writing to their file only.
+    A job alone in the process gets what `run_job` would give its file. Jobs sharing a graph
+    each get a logger of their own (`JobContext.logger_name`) that writes to their file; it is
+    a child of `sweeplab.steps`, the tasks' per-evaluation logger, so its lines also go where
+    the job logging sends that one's (conf/hydra/job_logging/sweeplab.yaml: the file only).
     """
     formatter = logging.Formatter(work.file_format)
     attached, contexts = [], []
@@ -196,12 +216,13 @@ def job_logs(work: Work):
         handler = logging.FileHandler(context.log_file)
         handler.setFormatter(formatter)
         if work.alone is not None:
-            logger = logging.getLogger()
+            loggers = [logging.getLogger(name or None) for name in work.file_loggers]
         else:
-            logger = logging.getLogger(f"sweeplab.job{num}")
-            context = replace(context, logger_name=logger.name)
-        logger.addHandler(handler)
-        attached.append((logger, handler))
+            loggers = [logging.getLogger(f"{STEPS_LOGGER}.job{num}")]
+            context = replace(context, logger_name=loggers[0].name)
+        for logger in loggers:
+            logger.addHandler(handler)
+            attached.append((logger, handler))
         contexts.append(context)
     try:
         yield contexts
@@ -222,6 +243,7 @@ def run_work(work: Work) -> list:
                 log.info("job #%d trains alone: %s", work.jobs[0][0], work.alone)
                 return [cli.run_task(cfgs[0], contexts[0])]
             nums = ", ".join(f"#{num}" for num, _, _ in work.jobs)
+            log.info("jobs %s train stacked in one graph", nums)
             for context in contexts:
                 logging.getLogger(context.logger_name).info(
                     "stacked: %d jobs (%s) train in one graph", len(contexts), nums)

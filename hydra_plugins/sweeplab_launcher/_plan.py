@@ -9,26 +9,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from runner import tasks
+from runner.tasks import supports
 
 # Config groups whose values change no tensor's shape: jobs that differ only here share a
 # graph. The optimizer's name is the exception (Adam and SGD keep different slots).
 SHAPE_FREE_GROUPS = ("optimizer", "clipping", "regularizer", "lr_schedule", "plots")
-STACKABLE_MODELS = ("lenet", "mlp")
-
-
-def supports(cfg) -> Optional[str]:
-    """None if `cfg` can train in a stacked graph, else why not (one line).
-
-    Placeholder until the engine's own `runner.stacked.supports` lands: image models without
-    batch norm or dropout state, i.e. LeNet and the MLP.
-    """
-    if tasks.spec_for(cfg.model) is not tasks.IMAGE:
-        return f"model={cfg.model.name} is not an image model; only image models stack"
-    if cfg.model.name not in STACKABLE_MODELS:
-        return (f"model={cfg.model.name} does not stack (stacked models: "
-                f"{', '.join(STACKABLE_MODELS)})")
-    return None
 
 
 def graph_key(cfg, env: Dict[str, str]) -> str:

@@ -1,26 +1,21 @@
-"""The two kinds of run sweeplab trains, and what their runs are compared on.
+"""The two kinds of run sweeplab trains: image classification and the language model.
 
-Light on purpose (no TensorFlow): the CLI picks a task from the config before TensorFlow
-loads, and the sweep summary, which runs in the launcher's process, asks a finished run's task
-which curves and final numbers to show. The training code of each task is in its own module:
+Light on purpose (no TensorFlow): the CLI and the stacked launcher pick a task from the config
+before TensorFlow loads. The training code of each task is in its own module:
 `runner.tasks.image` and `runner.tasks.language_model`.
 """
 from dataclasses import dataclass
-from typing import Mapping, Tuple
+from typing import Optional
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     name: str  # the MLflow tag `sweeplab.task`
-    curves: Tuple[str, ...]  # per-evaluation metrics a sweep overlays
-    final: Tuple[str, ...]  # final metrics in the sweep's summary table
+    report_metric: str  # what a sweep of this task is judged on by default
 
 
-IMAGE = TaskSpec("image_classification", curves=("val_loss", "val_acc"),
-                 final=("val_loss", "val_acc", "test_loss", "test_acc", "diverged_at_step"))
-LANGUAGE_MODEL = TaskSpec("language_model", curves=("valid_perplexity",),
-                          final=("valid_perplexity", "test_perplexity", "diverged_at_step"))
-TASKS = {spec.name: spec for spec in (IMAGE, LANGUAGE_MODEL)}
+IMAGE = TaskSpec("image_classification", report_metric="val_loss")
+LANGUAGE_MODEL = TaskSpec("language_model", report_metric="valid_perplexity")
 TAG_TASK = "sweeplab.task"
 
 
@@ -29,6 +24,16 @@ def spec_for(model_cfg) -> TaskSpec:
     return LANGUAGE_MODEL if model_cfg.name == "lstm_lm" else IMAGE
 
 
-def spec_of_run(tags: Mapping[str, str]) -> TaskSpec:
-    """The task that produced an MLflow run (image classification if the run predates the tag)."""
-    return TASKS.get(tags.get(TAG_TASK, ""), IMAGE)
+# Sequential nets of the layers runner.stacked's `_forward` knows.
+STACKABLE_MODELS = ("lenet", "mlp")
+
+
+def supports(cfg) -> Optional[str]:
+    """None if this job can train stacked with others (runner.stacked), else a one-line reason
+    why not."""
+    if spec_for(cfg.model) is not IMAGE:
+        return "the language model carries per-job LSTM state: it trains one per graph"
+    if cfg.model.name not in STACKABLE_MODELS:
+        return (f"model {cfg.model.name!r} has dropout/normalisation layers whose random draws "
+                f"would differ from a solo run: it trains one per graph")
+    return None

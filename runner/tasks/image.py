@@ -18,14 +18,17 @@ import numpy as np
 import tensorflow as tf
 
 import models
-from runner import data, optim, plots
+from runner import data, optim, plots, progress, stacked
 from runner.config import ConfigError
+from runner.outcome import classify
 from runner.loop import (Stopwatch, Variant, make_train_steps, record_interval,
                          seed_everything)
 from runner.tasks import IMAGE, TAG_TASK
 from runner.tracking import JobContext, TrackedRun
 
 log = logging.getLogger(__name__)
+# Every evaluation's line: to the job's log file (conf/hydra/job_logging), not the console.
+steps_log = logging.getLogger("sweeplab.steps")
 
 # Per-example losses; `data_loss` reduces them over the batch as train.loss_reduction says.
 PER_EXAMPLE_LOSSES = {
@@ -129,16 +132,16 @@ def eval_window(val, size, index):
 
 @dataclass
 class Job:
-    """One job in the loop: its config, model, evaluation, run and what it has done so far."""
+    """One job in the loop: its config, model, run and what it has done so far."""
     cfg: object
-    variant: Variant
-    evaluate: object
+    model: object  # its Keras model (holds its final weights after training)
+    variable_names: List[str]
     tracked: TrackedRun
     history: dict = field(default_factory=lambda: defaultdict(list))
     step: int = 0
     diverged_at: Optional[int] = None
     label: str = ""  # prefix of its progress lines when several jobs train together
-    log: logging.Logger = log
+    log: logging.Logger = steps_log
 
     @property
     def alive(self) -> bool:
@@ -163,7 +166,8 @@ def run(cfg, job: JobContext) -> float:
 def run_variants(cfgs: Sequence, contexts: Sequence[JobContext]) -> List[float]:
     """Train jobs that share dataset, seed, model and train settings side by side.
 
-    Returns each job's last validation loss (inf if it diverged), in order.
+    One job trains its Keras model in runner.loop's engine; several train as one stacked
+    network (runner.stacked). Returns each job's last validation loss (inf if it diverged).
     """
     watch = Stopwatch()
     started = time.perf_counter()
@@ -172,31 +176,60 @@ def run_variants(cfgs: Sequence, contexts: Sequence[JobContext]) -> List[float]:
     plan_ = plan(first.train, len(splits.train.y))
     batches = ShuffledBatches(splits.train, first.train.batch_size, first.seed)
     variants = [build_variant(cfg, splits, plan_, batches) for cfg in cfgs]
-    train_steps = make_train_steps(variants, capacity=first.train.eval_every,
-                                   jit_compile=first.train.jit_compile)
-    model = variants[0].model
+    train_steps, evaluate, names = engine(cfgs, variants, batches)
     log.info("%s on %s (%d train / %d val / %d test), %s params, %d steps of batch %d%s",
              first.model.name, splits.info.source, len(splits.train.y), len(splits.val.y),
-             len(splits.test.y), f"{model.count_params():,}", plan_.steps,
-             first.train.batch_size, f", {len(cfgs)} jobs side by side" if len(cfgs) > 1 else "")
+             len(splits.test.y), f"{variants[0].model.count_params():,}", plan_.steps,
+             first.train.batch_size, f", {len(cfgs)} jobs stacked" if len(cfgs) > 1 else "")
     tags = {"dataset.source": splits.info.source, TAG_TASK: IMAGE.name}
     with ExitStack() as stack:
         jobs = []
         for cfg, context, variant in zip(cfgs, contexts, variants):
             tracked = stack.enter_context(TrackedRun(cfg, context, tags))
             tracked.log_derived({"steps": plan_.steps, "steps_per_epoch": plan_.steps_per_epoch})
-            jobs.append(Job(cfg, variant, make_evaluate(cfg.train, variant.model), tracked,
+            jobs.append(Job(cfg, variant.model, names, tracked,
                             label=f"[{tracked.name}] " if len(cfgs) > 1 else "",
-                            log=logging.getLogger(context.logger_name or __name__)))
+                            log=logging.getLogger(context.logger_name or steps_log.name)))
+            progress.reporter().job_started(tracked.run_id, tracked.name, plan_.steps)
         watch.add("setup", time.perf_counter() - started)
-        fit(first.train, plan_, train_steps, jobs, splits.val, watch)
-        for job in jobs:
-            finish(job, splits.test, watch, share=len(jobs))
+        fit(first.train, plan_, train_steps, evaluate, jobs, splits.val, watch)
+        train_steps.finish()
+        started = time.perf_counter()
+        tests = evaluate(splits.test.x, splits.test.y)
+        watch.add("eval", time.perf_counter() - started)
+        for job, test in zip(jobs, tests):
+            finish(job, test, splits.info, watch, share=len(jobs))
     return [float("inf") if not job.alive or not job.history["val_loss"]
             else job.history["val_loss"][-1][1] for job in jobs]
 
 
-def fit(train_cfg, plan_: Plan, train_steps, jobs: List[Job], val, watch: Stopwatch) -> None:
+def engine(cfgs, variants: List[Variant], batches):
+    """(train_steps, evaluate(x, y) -> [(loss, acc) per job], variable names) for the jobs.
+
+    `train_steps.finish()` leaves each job's trained weights in its own Keras model.
+    """
+    train_cfg = cfgs[0].train
+    if len(variants) == 1:
+        (variant,) = variants
+        one = make_train_steps(variant, capacity=train_cfg.eval_every,
+                               jit_compile=train_cfg.jit_compile)
+
+        def train_steps(k):
+            return [one(k)]
+        train_steps.finish = lambda: None  # the Keras model trained in place
+        single = make_evaluate(train_cfg, variant.model)
+        return train_steps, lambda x, y: [single(x, y)], variant.variable_names
+    net = stacked.StackedNet([v.model for v in variants])
+    per_example = PER_EXAMPLE_LOSSES[train_cfg.loss]
+    train_steps = stacked.make_train_steps(net, cfgs, [v.lr_at for v in variants], batches,
+                                           per_example, capacity=train_cfg.eval_every,
+                                           jit_compile=train_cfg.jit_compile)
+    train_steps.finish = net.write_back
+    return train_steps, stacked.make_evaluate(net, train_cfg, per_example), net.names
+
+
+def fit(train_cfg, plan_: Plan, train_steps, evaluate, jobs: List[Job], val,
+        watch: Stopwatch) -> None:
     """Alternate compiled training intervals and evaluations until done or every job diverged.
 
     A job's `diverged_at` is the first step whose loss or gradients were NaN/Inf; that update
@@ -206,9 +239,9 @@ def fit(train_cfg, plan_: Plan, train_steps, jobs: List[Job], val, watch: Stopwa
 
     def evaluate_all():
         started = time.perf_counter()
-        for job in jobs:
+        results = evaluate(*eval_window(val, train_cfg.eval_size, evals))
+        for job, (val_loss, val_acc) in zip(jobs, results):
             if job.alive:
-                val_loss, val_acc = job.evaluate(*eval_window(val, train_cfg.eval_size, evals))
                 job.history["val_loss"].append((job.step, val_loss))
                 job.history["val_acc"].append((job.step, val_acc))
                 job.tracked.log_metrics({"val_loss": val_loss, "val_acc": val_acc}, job.step)
@@ -224,20 +257,22 @@ def fit(train_cfg, plan_: Plan, train_steps, jobs: List[Job], val, watch: Stopwa
             if not job.alive:
                 continue
             record_interval(job.history, job.tracked, interval, job.step, train_cfg.log_every,
-                            job.variant.variable_names)
+                            job.variable_names)
             job.step += interval.applied
             if interval.diverged:
                 job.diverged_at = job.step + 1
-                job.log.warning("%sdiverged at step %d (loss or gradient NaN/Inf): update not "
+                log.warning("%sdiverged at step %d (loss or gradient NaN/Inf): update not "
                             "applied, run stopped, marked diverged", job.label, job.diverged_at)
         step += k
         evals += 1
         evaluate_all()
         for job, interval in zip(jobs, intervals):
             if job.alive:
+                train_loss = float(np.mean(interval.series["train_loss"]))
+                progress.reporter().job_step(job.tracked.run_id, job.step, train_loss,
+                                             job.history["val_acc"][-1][1])
                 job.log.info("%sstep %*d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  lr %.3g",
-                         job.label, len(str(plan_.steps)), job.step, plan_.steps,
-                         float(np.mean(interval.series["train_loss"])),
+                         job.label, len(str(plan_.steps)), job.step, plan_.steps, train_loss,
                          job.history["val_loss"][-1][1], job.history["val_acc"][-1][1],
                          interval.series["lr"][-1])
 
@@ -266,26 +301,27 @@ def weight_summary(weights):
     return summary
 
 
-def finish(job: Job, test, watch: Stopwatch, share: int) -> None:
-    """Test evaluation, final metrics, outcome, plots: what ends one job's run."""
-    weights = kernels(job.variant.model)
+def finish(job: Job, test, info, watch: Stopwatch, share: int) -> None:
+    """Final metrics, outcome, plots: what ends one job's run. `test`: its (loss, accuracy)."""
+    weights = kernels(job.model)
     final = {**accuracy_summary(job.history["val_acc"]), **weight_summary(weights)}
-    started = time.perf_counter()
     if job.alive:
-        final["test_loss"], final["test_acc"] = job.evaluate(test.x, test.y)
-        job.log.info("%stest loss %.4f, test acc %.4f", job.label, final["test_loss"],
-                 final["test_acc"])
+        final["test_loss"], final["test_acc"] = test
+        job.log.info("%stest loss %.4f, test acc %.4f", job.label, *test)
     else:
         final["diverged_at_step"] = job.diverged_at
-    watch.add("eval", time.perf_counter() - started)
     timings = watch.summary()
     # Jobs trained side by side share every training call: each is charged its share of the
     # time, and its steps per second are those of the shared calls.
     train_seconds = timings.get("time/train", 0.0) + timings.get("time/trace", 0.0)
     final["train_seconds"] = train_seconds / share
     final["steps_per_second"] = job.step / max(train_seconds, 1e-9)
+    val_loss = job.history["val_loss"]
+    outcome = classify(not job.alive, first_val_loss=val_loss[0][1] if val_loss else None,
+                       final_val_loss=val_loss[-1][1] if val_loss else None,
+                       test_acc=final.get("test_acc"), num_classes=info.num_classes)
     started = time.perf_counter()
-    job.tracked.finish(final, outcome="ok" if job.alive else "diverged")
+    job.tracked.finish(final, outcome=outcome)
     tracking_seconds = time.perf_counter() - started
     started = time.perf_counter()
     log_figures(job.cfg.plots, job.history, weights, job.tracked)
@@ -294,6 +330,9 @@ def finish(job: Job, test, watch: Stopwatch, share: int) -> None:
     job.tracked.log_metrics({**shared, "time/tracking": tracking_seconds,
                              "time/plots": plot_seconds}, step=0)
     job.tracked.flush()
+    summary = (f"val_loss {val_loss[-1][1]:.4f}, test_acc {final['test_acc']:.4f}"
+               if job.alive else f"diverged at step {job.diverged_at}")
+    progress.reporter().job_finished(job.tracked.run_id, outcome, summary)
 
 
 def log_figures(cfg, history, weights, tracked):

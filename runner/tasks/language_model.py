@@ -22,12 +22,14 @@ import tensorflow as tf
 
 import models
 from models.lstm_lm import state_shapes
-from runner import optim, plots, ptb
+from runner import optim, plots, progress, ptb
+from runner.outcome import classify_language_model
 from runner.loop import Stopwatch, Variant, make_train_steps, record_interval, seed_everything
 from runner.tasks import LANGUAGE_MODEL, TAG_TASK
 from runner.tracking import JobContext, TrackedRun
 
 log = logging.getLogger(__name__)
+steps_log = logging.getLogger("sweeplab.steps")  # to the job's log file, not the console
 
 PROGRESS_LINES = 10  # per epoch, like the reference's verbose run_epoch
 
@@ -127,7 +129,7 @@ def run(cfg, job: JobContext) -> float:
     variant = Variant(model=model, optimizer=optim.optimizer(cfg.optimizer, lr_at), lr_at=lr_at,
                       clipping=cfg.clipping, regularizer=cfg.regularizer, batches=windows,
                       objective=objective(cfg.train, state, num_steps))
-    train_steps = make_train_steps([variant], capacity=cfg.train.eval_every,
+    train_steps = make_train_steps(variant, capacity=cfg.train.eval_every,
                                    jit_compile=cfg.train.jit_compile)
     # Valid as the reference's mvalid (the training batch); test with train.eval_batch_size
     # streams (the reference: 1, one unbroken pass over the test text).
@@ -141,6 +143,7 @@ def run(cfg, job: JobContext) -> float:
     tags = {"dataset.source": corpus.info.source, TAG_TASK: LANGUAGE_MODEL.name}
     with TrackedRun(cfg, job, tags) as tracked:
         tracked.log_derived({"steps": plan.steps, "steps_per_epoch": plan.epoch_size})
+        progress.reporter().job_started(tracked.run_id, tracked.name, plan.steps)
         watch.add("setup", time.perf_counter() - started)
         history, steps, diverged_at = fit(cfg, plan, train_steps, variant, (windows, state),
                                           valid, tracked, watch)
@@ -156,7 +159,11 @@ def run(cfg, job: JobContext) -> float:
         final["train_seconds"] = timings.get("time/train", 0.0) + timings.get("time/trace", 0.0)
         final["steps_per_second"] = steps / max(final["train_seconds"], 1e-9)
         started = time.perf_counter()
-        tracked.finish(final, outcome="ok" if diverged_at is None else "diverged")
+        valid_ppl = history["valid_perplexity"]
+        outcome = classify_language_model(diverged_at is not None,
+                                          valid_ppl[-1][1] if valid_ppl else None,
+                                          corpus.info.vocab_size)
+        tracked.finish(final, outcome=outcome)
         tracking_seconds = time.perf_counter() - started
         started = time.perf_counter()
         tracked.log_figure(plots.perplexity_curves(history, final.get("test_perplexity")),
@@ -167,6 +174,9 @@ def run(cfg, job: JobContext) -> float:
                                "grad_norms_per_variable.png")
         tracked.log_metrics({**timings, "time/tracking": tracking_seconds,
                              "time/plots": time.perf_counter() - started}, step=0)
+        progress.reporter().job_finished(
+            tracked.run_id, outcome, f"test perplexity {final['test_perplexity']:.2f}"
+            if diverged_at is None else f"diverged at step {diverged_at}")
     valid_ppl = history["valid_perplexity"]
     return float("inf") if diverged_at is not None or not valid_ppl else valid_ppl[-1][1]
 
@@ -192,7 +202,7 @@ def fit(cfg, plan: Plan, train_steps, variant, resettable, valid, tracked, watch
         while done_in_epoch < in_epoch:
             k = min(cfg.train.eval_every, in_epoch - done_in_epoch)
             started = time.perf_counter()
-            (interval,) = train_steps(k)
+            interval = train_steps(k)
             seconds = time.perf_counter() - started
             epoch_seconds += seconds
             watch.train_call(seconds, k)
@@ -207,7 +217,7 @@ def fit(cfg, plan: Plan, train_steps, variant, resettable, valid, tracked, watch
                 break
             if next_report <= done_in_epoch < in_epoch:
                 next_report = (done_in_epoch // report_every + 1) * report_every
-                log.info("epoch %d  %.2f  train ppl %.2f  %.0f wps", epoch,
+                steps_log.info("epoch %d  %.2f  train ppl %.2f  %.0f wps", epoch,
                          done_in_epoch / plan.epoch_size, perplexity(float(np.mean(losses))),
                          done_in_epoch * batch_words / max(epoch_seconds, 1e-9))
         if diverged_at is not None:
@@ -220,7 +230,9 @@ def fit(cfg, plan: Plan, train_steps, variant, resettable, valid, tracked, watch
         for name, value in metrics.items():
             history[name].append((epoch, value))
         tracked.log_metrics(metrics, epoch)
-        log.info("epoch %*d/%d  train ppl %.2f  valid ppl %.2f  lr %.4g  %.0f wps",
+        progress.reporter().job_step(tracked.run_id, step, float(np.mean(losses)),
+                                     float("nan"))
+        steps_log.info("epoch %*d/%d  train ppl %.2f  valid ppl %.2f  lr %.4g  %.0f wps",
                  len(str(epochs)), epoch, epochs, metrics["train_perplexity"],
                  metrics["valid_perplexity"], interval.series["lr"][-1],
                  metrics["words_per_second"])

@@ -1,0 +1,116 @@
+"""What a person watching a run or a sweep sees: progress bars on a terminal, a few lines elsewhere.
+
+On a terminal (stderr is a TTY): one bar per job (step, train loss, validation accuracy, ETA)
+and, in a sweep, one for the sweep (jobs done / total, ETA). Otherwise (CI, a log file): a
+line when a job starts, at 25 / 50 / 75 % of its steps, and when it ends. Every evaluation line
+still goes to the job's log file (the `sweeplab.steps` logger, see conf/hydra/job_logging).
+One reporter per process (`reporter()`): the sweep callback, the CLI and the tasks share it.
+"""
+import logging
+import sys
+import time
+from typing import Dict, Optional
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+log = logging.getLogger("sweeplab.progress")
+MILESTONES = (0.25, 0.5, 0.75)  # the lines a job prints between start and end without a TTY
+
+
+class LineReporter:
+    """A few log lines per job: for CI and log files, where bars would be noise."""
+
+    def __init__(self):
+        self.jobs: Dict[str, dict] = {}
+        self.total: Optional[int] = None
+        self.done = 0
+        self.started = time.monotonic()
+
+    def sweep_started(self, total: Optional[int]) -> None:
+        self.total, self.done, self.started = total, 0, time.monotonic()
+
+    def job_started(self, key: str, name: str, steps: int) -> None:
+        self.jobs[key] = {"name": name, "steps": steps, "next": 0, "t0": time.monotonic()}
+        log.info("job %s: started, %d steps", name, steps)
+
+    def job_step(self, key: str, step: int, train_loss: float, val_acc: float) -> None:
+        job = self.jobs.get(key)
+        if job is None or job["next"] >= len(MILESTONES):
+            return
+        if step >= MILESTONES[job["next"]] * job["steps"]:
+            while job["next"] < len(MILESTONES) and step >= MILESTONES[job["next"]] * job["steps"]:
+                job["next"] += 1
+            log.info("job %s: step %d/%d  train_loss %.4f  val_acc %.4f", job["name"], step,
+                     job["steps"], train_loss, val_acc)
+
+    def job_finished(self, key: str, outcome: str, summary: str) -> None:
+        job = self.jobs.pop(key, None)
+        if job is None:
+            return
+        self.done += 1
+        of = f" ({self.done}/{self.total} of the sweep)" if self.total else ""
+        log.info("job %s: %s in %.1f s, %s%s", job["name"], outcome,
+                 time.monotonic() - job["t0"], summary, of)
+
+    def close(self) -> None:
+        pass
+
+
+class BarReporter(LineReporter):
+    """rich progress bars on stderr: one per job and one for the sweep."""
+
+    def __init__(self):
+        super().__init__()
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                             TextColumn("ETA"), TimeRemainingColumn(),
+                             console=Console(stderr=True), transient=False)
+        self.sweep_bar = None
+        self.job_bars: Dict[str, int] = {}
+
+    def _start(self) -> None:
+        if not self.bars.live.is_started:
+            self.bars.start()
+
+    def sweep_started(self, total: Optional[int]) -> None:
+        super().sweep_started(total)
+        self._start()
+        self.sweep_bar = self.bars.add_task("sweep", total=total, info="jobs")
+
+    def job_started(self, key: str, name: str, steps: int) -> None:
+        self._start()
+        self.jobs[key] = {"name": name, "steps": steps, "next": 0, "t0": time.monotonic()}
+        self.job_bars[key] = self.bars.add_task(f"  {name}", total=steps, info="")
+
+    def job_step(self, key: str, step: int, train_loss: float, val_acc: float) -> None:
+        if key in self.job_bars:
+            self.bars.update(self.job_bars[key], completed=step,
+                             info=f"loss {train_loss:.3f} acc {val_acc:.3f}")
+
+    def job_finished(self, key: str, outcome: str, summary: str) -> None:
+        bar = self.job_bars.pop(key, None)
+        job = self.jobs.pop(key, None)
+        if bar is not None:
+            # A finished job's bar gives way to one line: 28 bars would not fit on a screen.
+            self.bars.remove_task(bar)
+            self.bars.console.print(f"  {outcome:>9}  {job['name']}: {summary}", highlight=False)
+        self.done += 1
+        if self.sweep_bar is not None:
+            self.bars.update(self.sweep_bar, completed=self.done)
+
+    def close(self) -> None:
+        if self.bars.live.is_started:
+            self.bars.stop()
+
+
+_reporter = None
+
+
+def reporter():
+    """This process's reporter: bars when stderr is a terminal, lines otherwise."""
+    global _reporter
+    if _reporter is None:
+        _reporter = BarReporter() if sys.stderr.isatty() else LineReporter()
+    return _reporter
