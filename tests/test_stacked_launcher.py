@@ -297,7 +297,7 @@ def test_an_editable_install_exposes_the_launcher_to_hydra(tmp_path):
                         env=env)
     code, out, err = outcome(process, tmp_path / "run")
     assert code == 0, err[-3000:]
-    assert "stacked: 2 jobs (#0, #1) train in one graph" in out
+    assert "jobs #0, #1 train stacked in one graph" in out
     _, runs = children(tmp_path / "run")
     assert {r.data.tags["sweeplab.stacked"] for r in runs.values()} == {"2"}
     assert not math.isnan(float(runs["lr=0.01"].data.metrics["test_acc"]))
