@@ -214,7 +214,26 @@ def split_off(x: np.ndarray, y: np.ndarray, fraction: float, rng: np.random.Gene
 
 
 def load(cfg, seed: int) -> Splits:
-    """Read the dataset named by `cfg.name` (validated: an image dataset) into train/val/test."""
+    """Read the dataset named by `cfg.name` (validated: an image dataset) into train/val/test.
+
+    Read once per process: a sweep's jobs that run in one process (the basic and stacked
+    launchers) share the arrays, which nobody writes to.
+    """
+    cached = keras_cache_npz()  # `mnist` may read it: a new or changed file is a new dataset
+    key = (cfg.name, cfg.data_dir, cfg.val_fraction, cfg.test_fraction, cfg.input_divisor, seed,
+           cached, os.path.getmtime(cached) if os.path.isfile(cached) else None)
+    if key not in _loaded:
+        for split in (splits := _read(cfg, seed)).train, splits.val, splits.test:
+            split.x.setflags(write=False)
+            split.y.setflags(write=False)
+        _loaded[key] = splits
+    return _loaded[key]
+
+
+_loaded = {}  # (dataset values, seed) -> Splits, for `load`
+
+
+def _read(cfg, seed: int) -> Splits:
     (train_x, train_y), test, source = SOURCES[cfg.name](cfg)
     rng = np.random.default_rng(seed)
     if test is None:

@@ -324,7 +324,7 @@ def test_an_unknown_key_lists_the_valid_keys_where_it_was_added():
                               "spelling — valid top-level keys: ")
     assert message.endswith(", ".join(sorted(["dataset", "model", "optimizer", "clipping",
                                               "regularizer", "lr_schedule", "seed", "train",
-                                              "plots", "mlflow"])))
+                                              "plots", "mlflow", "report"])))
     with pytest.raises(ConfigError, match=r"^train\.foo: .* valid keys under train: batch_size"):
         validate(compose_cfg("+train.foo=1"))
     with pytest.raises(ConfigError, match=r"^model\.hidden: .* under model: bias_init, init,"):

@@ -24,7 +24,8 @@ def test_every_preset_runs_end_to_end(preset, tmp_path, store):
     assert done.returncode == 0, done.stderr[-3000:]
     client, (run,) = runs_of(store)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["outcome"] in ("ok", "diverged")
+    # 4 steps rarely beat chance: any outcome of a run that trained (not an error) will do.
+    assert run.data.tags["outcome"] in ("ok", "collapsed", "diverged")
     assert run.data.params["derived.steps"] == "4"
     losses = client.get_metric_history(run.info.run_id, "train_loss")
     assert 1 <= len(losses) <= 4
