@@ -33,12 +33,12 @@ def job_context() -> JobContext:
     if not HydraConfig.initialized():
         return JobContext(should_stop=signals.received)
     hydra_cfg = HydraConfig.get()
-    parent, common = sweep.job_sweep_context()
+    parent, common, uri = sweep.job_sweep_context()
     output_dir = hydra_cfg.runtime.output_dir
     log_file = os.path.join(output_dir, f"{hydra_cfg.job.name}.log")
     return JobContext(overrides=tuple(hydra_cfg.overrides.task), parent_run_id=parent,
                       common_overrides=tuple(common), log_file=log_file,
-                      output_dir=output_dir, should_stop=signals.received)
+                      output_dir=output_dir, should_stop=signals.received, tracking_uri=uri)
 
 
 def run_task(cfg, job: JobContext) -> float:
@@ -52,12 +52,25 @@ def run_task(cfg, job: JobContext) -> float:
     return task.run(cfg, job)
 
 
+def reject(err: ConfigError) -> float:
+    """One line naming the option and the fix; no traceback for a user's typo.
+
+    A single run exits 2. In a sweep the other jobs still run: the job is marked rejected, and
+    the sweep exits non-zero at the end. Launchers that run jobs themselves call this too.
+    """
+    print(f"sweeplab: error: {err}", file=sys.stderr, flush=True)
+    if not sweep.in_multirun():
+        sys.exit(2)
+    sweep.mark_rejected(str(err))
+    return float("nan")
+
+
 def already_finished(cfg, job: JobContext):
     """In a resumed sweep: this config's FINISHED run under the same parent, if any."""
     if not job.parent_run_id:
         return None
     try:
-        client = store.open_client(tracking_uri(cfg.mlflow))
+        client = store.open_client(job.tracking_uri or tracking_uri(cfg.mlflow))
         return sweep.finished_run(client, job.parent_run_id, config_hash(cfg))
     except Exception as err:  # the store is down: train anyway, the run saves what it can't send
         if not store.is_transient(err):
@@ -87,12 +100,7 @@ def run_job(cfg) -> float:
             progress.reporter().close()
         return value
     except ConfigError as err:
-        # One line naming the option and the fix; no traceback for a user's typo.
-        print(f"sweeplab: error: {err}", file=sys.stderr, flush=True)
-        if not multirun:
-            sys.exit(2)
-        # In a sweep, the other jobs still run; the sweep exits non-zero at the end.
-        sweep.mark_rejected(str(err))
+        return reject(err)
     except Stopped:
         pass  # its run is closed KILLED; the sweep (or main) reports the signal
     except Exception as err:  # data error, out of memory, a bug: this job fails, not the sweep

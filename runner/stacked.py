@@ -14,26 +14,15 @@ Keras 3's formulas; clipping follows tf.clip_by_value / clip_by_norm / clip_by_g
 A job whose loss or gradients turn NaN/Inf is masked: its weights stop changing, the others go
 on. `make_train_steps` returns the same per-job `Interval`s as runner.loop's.
 """
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from runner.loop import SERIES, Interval
-from runner.tasks import IMAGE, spec_for
-
-STACKABLE_MODELS = ("lenet", "mlp")  # Sequential nets of the layers `_forward` knows
-
-
-def supports(cfg) -> Optional[str]:
-    """None if this job can train stacked with others, else a one-line reason why not."""
-    if spec_for(cfg.model) is not IMAGE:
-        return "the language model carries per-job LSTM state: it trains one per graph"
-    if cfg.model.name not in STACKABLE_MODELS:
-        return (f"model {cfg.model.name!r} has dropout/normalisation layers whose random draws "
-                f"would differ from a solo run: it trains one per graph")
-    return None
+# Defined with the tasks (no TensorFlow): the stacked launcher plans its graphs before TF loads.
+from runner.tasks import STACKABLE_MODELS, supports  # noqa: F401
 
 
 def _cast(values) -> tf.Tensor:

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 # Shipped with every job of a sweep (hydra.job.env_set); read by `job_sweep_context`.
 ENV_PARENT_RUN = "SWEEPLAB_PARENT_RUN_ID"
 ENV_SWEEP_OVERRIDES = "SWEEPLAB_SWEEP_OVERRIDES"  # JSON list: the overrides every job shares
+ENV_TRACKING_URI = "SWEEPLAB_TRACKING_URI"  # the sweep's store, absolute
 TAG_SWEEP_KEY = "sweeplab.sweep_key"  # the command line's overrides, hashed: finds a sweep again
 TAG_SUMMARY = "sweeplab.summary"
 # Left in a job's output folder when its config was rejected; the sweep counts them at the end.
@@ -210,7 +211,7 @@ class SweepCallback(Callback):
         _ship_with_every_job(config, [
             f"hydra.sweep.dir={_quoted(sweep_dir)}",
             # Absolute, so a worker in another directory (Ray, SLURM) writes to this store.
-            f"mlflow.tracking_uri={_quoted(uri)}",
+            f"++hydra.job.env_set.{ENV_TRACKING_URI}={_quoted(uri)}",
             f"++hydra.job.env_set.{ENV_PARENT_RUN}={parent_id}",
             f"++hydra.job.env_set.{ENV_SWEEP_OVERRIDES}="
             f"{_quoted(json.dumps(common_overrides(overrides)))}",
@@ -307,16 +308,17 @@ def count_jobs(config) -> Optional[int]:
 
 
 def job_sweep_context() -> tuple:
-    """(parent run id, the sweep's shared overrides) for the running job; (None, []) alone."""
+    """(parent run id, the sweep's shared overrides, its store's URI) for the running job;
+    (None, [], None) for a single run."""
     if not HydraConfig.initialized():
-        return None, []
+        return None, [], None
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode is None or hydra_cfg.mode.name != "MULTIRUN":
-        return None, []
+        return None, [], None
     shipped = hydra_cfg.job.env_set
     parent = shipped.get(ENV_PARENT_RUN) or os.environ.get(ENV_PARENT_RUN)
     common = json.loads(shipped.get(ENV_SWEEP_OVERRIDES) or "[]")
-    return parent, common
+    return parent, common, shipped.get(ENV_TRACKING_URI)
 
 
 def in_multirun() -> bool:

@@ -102,6 +102,9 @@ class JobContext:
     output_dir: Optional[str] = None  # where writes the store did not take are saved (cwd)
     # Polled at every metrics call: a signal number once the job must stop, else None/0.
     should_stop: Optional[Callable[[], Optional[int]]] = None
+    # The sweep's store, absolute as the sweep resolved it (a worker in another directory
+    # would resolve a relative mlflow.tracking_uri elsewhere); None = from the job's config.
+    tracking_uri: Optional[str] = None
 
 
 class TrackedRun:
@@ -117,7 +120,7 @@ class TrackedRun:
 
     def __enter__(self):
         self._stop_if_asked()  # before anything exists in the store
-        uri = tracking_uri(self.cfg.mlflow)
+        uri = self.job.tracking_uri or tracking_uri(self.cfg.mlflow)
         self.staging = tempfile.mkdtemp(prefix="sweeplab-run-")
         overrides = list(self.job.overrides)
         tags = {"sweeplab.overrides": " ".join(overrides) or "(none)", "outcome": "running",
@@ -144,7 +147,9 @@ class TrackedRun:
         self.log_text(OmegaConf.to_yaml(self.cfg, resolve=True), "config.yaml")
         self.log_text("\n".join(overrides) + "\n", "overrides.txt")
         if self.run_id:
-            log.info("MLflow run %s (%s) in %s", self.name, self.run_id, uri)
+            # The job's own logger: with several jobs in one process, the line is this job's.
+            logging.getLogger(self.job.logger_name or __name__).info(
+                "MLflow run %s (%s) in %s", self.name, self.run_id, uri)
         return self
 
     def _create_run(self, uri: str, tags: Dict[str, str]) -> Optional[BaseException]:

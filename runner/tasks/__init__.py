@@ -5,7 +5,7 @@ before TensorFlow loads. The training code of each task is in its own module:
 `runner.tasks.image` and `runner.tasks.language_model`.
 """
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Optional
 
 
 @dataclass(frozen=True)
@@ -30,3 +30,18 @@ def spec_for(model_cfg) -> TaskSpec:
 def spec_of_run(tags: Mapping[str, str]) -> TaskSpec:
     """The task that produced an MLflow run (image classification if it predates the tag)."""
     return TASKS.get(tags.get(TAG_TASK, ""), IMAGE)
+
+
+# Sequential nets of the layers runner.stacked's `_forward` knows.
+STACKABLE_MODELS = ("lenet", "mlp")
+
+
+def supports(cfg) -> Optional[str]:
+    """None if this job can train stacked with others (runner.stacked), else a one-line reason
+    why not."""
+    if spec_for(cfg.model) is not IMAGE:
+        return "the language model carries per-job LSTM state: it trains one per graph"
+    if cfg.model.name not in STACKABLE_MODELS:
+        return (f"model {cfg.model.name!r} has dropout/normalisation layers whose random draws "
+                f"would differ from a solo run: it trains one per graph")
+    return None

@@ -1,0 +1,69 @@
+"""Which jobs of a sweep train together: groups that share a graph, split into chunks.
+
+Pure Python on composed configs (no TensorFlow, no Hydra runtime), so it is tested directly.
+"""
+import json
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+from omegaconf import OmegaConf
+
+from runner.tasks import supports
+
+# Config groups whose values change no tensor's shape: jobs that differ only here share a
+# graph. The optimizer's name is the exception (Adam and SGD keep different slots).
+SHAPE_FREE_GROUPS = ("optimizer", "clipping", "regularizer", "lr_schedule", "plots")
+
+
+def graph_key(cfg, env: Dict[str, str]) -> str:
+    """Equal for two jobs exactly when they can share one graph (and one environment)."""
+    shared = OmegaConf.to_container(cfg, resolve=True)
+    for group in SHAPE_FREE_GROUPS:
+        shared.pop(group, None)
+    shared["optimizer.name"] = cfg.optimizer.name
+    return json.dumps({"config": shared, "env": env}, sort_keys=True, default=str)
+
+
+def even_chunks(items: Sequence, max_size: int) -> List[list]:
+    """`items` in order, in the fewest chunks of at most `max_size`, sizes within one of each
+    other (17 jobs with max 16 -> 9 + 8, not 16 + 1: a chunk of one would train alone)."""
+    if not items:
+        return []
+    count = math.ceil(len(items) / max_size)
+    size, extra = divmod(len(items), count)
+    chunks, start = [], 0
+    for i in range(count):
+        stop = start + size + (1 if i < extra else 0)
+        chunks.append(list(items[start:stop]))
+        start = stop
+    return chunks
+
+
+@dataclass
+class Chunk:
+    """Jobs (indices into the launcher's list) trained in one graph; `alone` says why a
+    single job does not share one (None when it is stacked)."""
+    members: List[int]
+    alone: Optional[str] = None
+
+
+def plan_chunks(cfgs: Sequence, envs: Sequence[Dict[str, str]], max_stack: int,
+                supports: Callable = supports) -> List[Chunk]:
+    """Group the jobs by graph, split the groups into chunks; ordered by each chunk's first job."""
+    chunks, groups = [], {}
+    for i, (cfg, env) in enumerate(zip(cfgs, envs)):
+        reason = supports(cfg)
+        if reason is not None:
+            chunks.append(Chunk([i], alone=reason))
+        else:
+            groups.setdefault(graph_key(cfg, env), []).append(i)
+    for members in groups.values():
+        if len(members) == 1:
+            chunks.append(Chunk(members, alone="no other job of this batch shares its graph"))
+            continue
+        chunks.extend(Chunk(part) for part in even_chunks(members, max(1, max_stack)))
+    for chunk in chunks:
+        if len(chunk.members) == 1 and chunk.alone is None:
+            chunk.alone = "hydra.launcher.max_stack=1"
+    return sorted(chunks, key=lambda chunk: chunk.members[0])
