@@ -200,6 +200,7 @@ def run_cli(args, cwd, store):
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow`
 def test_preset_sweep_sigma_1_diverges_sigma_001_trains(tmp_path):
     # The preset's own sweep (model.init_std=1,0.01) at the smallest resize, 4 steps of 50.
     store = f"sqlite:///{tmp_path}/mlflow.db"

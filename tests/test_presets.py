@@ -15,7 +15,12 @@ SMALL = {  # what keeps a preset's model small enough for a smoke test
 }
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+# lr_clip composes lenet_clip's job; alexnet's sweep runs in test_alexnet (slow): both slow here.
+SLOW = {"lr_clip", "alexnet_mnist"}
+
+
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW else p
+                                    for p in PRESETS])
 def test_every_preset_runs_end_to_end(preset, tmp_path, store):
     extra = SMALL.get(preset, [])
     if preset == "ptb_lstm":

@@ -283,6 +283,7 @@ def test_joblib_workers_close_their_runs_and_exit_when_the_launcher_is_killed(tm
     assert children and all(c.info.status == "KILLED" for c in children)
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow`
 def test_a_run_whose_process_died_is_marked_lost(tmp_path, store):
     from runner.store import mark_lost_runs
 
@@ -518,6 +519,7 @@ def test_record_failure_makes_a_failed_run_for_a_job_that_broke_before_its_run(t
     assert runs[0].data.tags["sweeplab.error"] == "OSError: disk vanished while reading the data"
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow`
 def test_an_interrupted_sweep_resumes_each_config_exactly_once(tmp_path, store):
     lrs = "0.01,0.001,0.002"
     args = ["-m", *SMALL, "train.steps=3000", "train.eval_every=50", f"optimizer.lr={lrs}",
@@ -574,6 +576,7 @@ def test_resume_subcommand_reruns_only_the_failed_job(tmp_path, store):
     assert parent.info.status == "FINISHED"
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow`
 def test_stale_rejection_markers_are_cleared_at_sweep_start(tmp_path, store):
     sweep_dir = tmp_path / "sweep"
 

@@ -1,4 +1,6 @@
 """Seed presets 002 and 003 end to end through the CLI: each run does what its write-up asks."""
+import pytest
+
 from conftest import children_of, run_cli, runs_of
 
 
@@ -32,6 +34,7 @@ def test_mlp_explode_diverges_without_clipping_and_global_norm_caps_at_15(tmp_pa
     assert "plots/grad_norms_per_variable.png" in plots
 
 
+@pytest.mark.slow  # tens of seconds: `make test-slow`
 def test_mlp_lr_l2_l2_shrinks_weights_and_reports_best_accuracy(tmp_path):
     client, runs = sweep(tmp_path, "experiment=mlp_lr_l2", "optimizer.lr=0.005",
                          "regularizer=none,l2", "train.steps=200", "train.eval_every=50",
