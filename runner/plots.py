@@ -195,24 +195,6 @@ def grad_norms(history, rendering: Rendering = CHEAP) -> Figure:
     return fig
 
 
-def sweep_comparison(histories, keys=("val_loss", "val_acc")) -> Figure:
-    """Every run of a sweep on one chart per metric in `keys` (e.g. val_loss, val_acc)."""
-    fig = Figure(figsize=(6 * len(keys), 4.6), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(keys)))
-    for i, name in enumerate(histories):
-        for ax, key in zip(axes, keys):
-            steps, values = _xy(histories[name].get(key, []))
-            ax.plot(steps, values, label=name, lw=1, color=f"C{i % 10}")
-    for ax, key in zip(axes, keys):
-        ax.set(xlabel="epoch" if "perplexity" in key else "step", ylabel=key, title=key)
-        if key.endswith("acc"):
-            ax.set_ylim(0, 1.02)
-        else:
-            _log_if_wide(ax, *[_xy(h.get(key, []))[1] for h in histories.values()])
-    axes[-1].legend(fontsize="small")
-    return fig
-
-
 def grad_norms_per_variable(history, rendering: Rendering = CHEAP) -> Figure:
     """Each variable's gradient norm before (left) and after (right) clipping vs step."""
     fig, ((before_ax, after_ax),) = _subplots(rendering, (12, 4.6), cols=2, gap=(0.3, 0),

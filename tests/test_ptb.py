@@ -3,7 +3,6 @@
 Every corpus here is written by the test; nothing is downloaded.
 """
 import os
-import random
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from conftest import tiny_corpus
 from runner import ptb
 from runner.config import ConfigError, register_configs, validate
 from runner.tasks import language_model
@@ -235,17 +235,6 @@ def test_evaluation_carries_state_so_the_window_length_does_not_matter():
 
 
 # ---------------------------------------------------------------- end to end
-
-def tiny_corpus(directory):
-    """Sentences from a small grammar: learnable structure, yet perplexity stays above 1."""
-    rng = random.Random(0)
-    subjects, verbs = ["the cat", "a dog", "the big bird", "my friend"], ["saw", "ate", "liked"]
-    objects = ["the fish", "a red ball", "some bread", "the house"]
-
-    def text(lines):
-        return "".join(f" {rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)} \n"
-                       for _ in range(lines))
-    return write_corpus(directory, text(300), text(40), text(40))
 
 
 @pytest.fixture(scope="module")
