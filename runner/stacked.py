@@ -103,17 +103,26 @@ class StackedNet:
 
 
 class Hyper:
-    """Every per-job number the step needs, as [N] vectors (built once from the configs)."""
+    """Every per-job number the step needs, as [N] vectors (built once from the configs).
+
+    Also which clipping modes and penalties occur at all: the step leaves out the work of any
+    that no job of the stack uses (a sweep over lr alone pays for no clipping machinery).
+    """
 
     def __init__(self, cfgs):
         clip = [c.clipping for c in cfgs]
+        self.clip_modes = {c.name for c in clip}
         self.clip_mode = {mode: tf.constant([c.name == mode for c in clip])
                           for mode in ("none", "value", "norm", "global_norm")}
-        self.clip_min, self.clip_max = _cast([c.min for c in clip]), _cast([c.max for c in clip])
+        # Bounds that leave every element alone for jobs that do not clip by value.
+        self.value_min = _cast([c.min if c.name == "value" else -np.inf for c in clip])
+        self.value_max = _cast([c.max if c.name == "value" else np.inf for c in clip])
         self.clip_norm = _cast([c.clip_norm for c in clip])
         reg = [c.regularizer for c in cfgs]
         self.l2 = _cast([r.strength if r.name == "l2" else 0.0 for r in reg])
         self.l1 = _cast([r.strength if r.name == "l1" else 0.0 for r in reg])
+        self.any_l2 = any(r.name == "l2" and r.strength for r in reg)
+        self.any_l1 = any(r.name == "l1" and r.strength for r in reg)
         self.penalise_biases = _cast([r.include_biases for r in reg])
         opt = [c.optimizer for c in cfgs]
         self.optimizer = opt[0].name  # one optimizer kind per stack (the launcher groups so)
@@ -130,12 +139,17 @@ class Hyper:
 
 def penalty(variables, names_is_bias, hp: Hyper):
     """[N] penalties: strength * sum(v^2)/2 (l2) or strength * sum|v| (l1), per job."""
-    l2_terms, l1_terms = [], []
-    for variable, is_bias in zip(variables, names_is_bias):
-        weight = hp.penalise_biases if is_bias else tf.ones_like(hp.l2)
-        l2_terms.append(weight * tf.reduce_sum(tf.square(variable), _rest_axes(variable)) / 2)
-        l1_terms.append(weight * tf.reduce_sum(tf.abs(variable), _rest_axes(variable)))
-    return hp.l2 * tf.add_n(l2_terms) + hp.l1 * tf.add_n(l1_terms)
+    total = tf.zeros_like(hp.l2)
+    for strength, used, term in ((hp.l2, hp.any_l2, lambda v: tf.square(v) / 2),
+                                 (hp.l1, hp.any_l1, tf.abs)):
+        if not used:  # no job has this penalty: skip a pass over every weight
+            continue
+        terms = []
+        for variable, is_bias in zip(variables, names_is_bias):
+            weight = hp.penalise_biases if is_bias else tf.ones_like(hp.l2)
+            terms.append(weight * tf.reduce_sum(term(variable), _rest_axes(variable)))
+        total += strength * tf.add_n(terms)
+    return total
 
 
 def _norms(grads):
@@ -144,36 +158,52 @@ def _norms(grads):
 
 
 def clip(grads, hp: Hyper):
-    """Each job's gradients clipped its own way; stats as runner.clipping.clip's, per job."""
+    """Each job's gradients clipped its own way; stats as runner.clipping.clip's, per job.
+
+    Every mode is one expression per tensor, `clip(g * numerator / denominator, lo, hi)`, with
+    [N, variables] factors and [N] bounds that are 1 and +-inf for the jobs a mode does not
+    concern: tf.clip_by_norm is g * c / max(norm, c), tf.clip_by_global_norm is g * scale,
+    tf.clip_by_value is the bounds — so each job's result is bit for bit what the TF op gives
+    it alone, at two or three passes over the gradients instead of one per mode.
+    """
     var_norms, grad_norm = _norms(grads)
-    by_value = [tf.clip_by_value(g, _per_job(hp.clip_min, g), _per_job(hp.clip_max, g))
-                for g in grads]
-    outside = tf.add_n([tf.reduce_sum(tf.cast((g < _per_job(hp.clip_min, g)) |
-                                              (g > _per_job(hp.clip_max, g)), tf.float32),
-                                      _rest_axes(g)) for g in grads])
-    elements = float(sum(int(np.prod(g.shape[1:])) for g in grads))
-    by_norm = []
-    for i, g in enumerate(grads):  # tf.clip_by_norm per tensor
-        norm = var_norms[:, i]
-        by_norm.append(g * _per_job(hp.clip_norm, g) / _per_job(tf.maximum(norm, hp.clip_norm), g))
-    # tf.clip_by_global_norm: one factor per job; an infinite norm gives NaN, as TF does.
-    scale = hp.clip_norm * tf.minimum(1.0 / grad_norm, 1.0 / hp.clip_norm) + (grad_norm - grad_norm)
-    by_global = [g * _per_job(scale, g) for g in grads]
-    fraction = {"none": tf.zeros_like(grad_norm), "value": outside / elements,
-                "norm": tf.reduce_mean(tf.cast(var_norms > hp.clip_norm[:, None], tf.float32), 1),
-                "global_norm": tf.cast(grad_norm > hp.clip_norm, tf.float32)}
+    modes = hp.clip_modes
+    ones = tf.ones_like(var_norms)
+    numerator, denominator = ones, ones
+    fraction = tf.zeros_like(grad_norm)
+    if "norm" in modes:
+        by_norm = hp.clip_mode["norm"][:, None]
+        cap = hp.clip_norm[:, None] * ones
+        numerator = tf.where(by_norm, cap, numerator)
+        denominator = tf.where(by_norm, tf.maximum(var_norms, cap), denominator)
+        cut = tf.reduce_mean(tf.cast(var_norms > cap, tf.float32), 1)
+        fraction = tf.where(hp.clip_mode["norm"], cut, fraction)
+    if "global_norm" in modes:
+        # An infinite norm gives NaN, as in TF.
+        scale = hp.clip_norm * tf.minimum(1.0 / grad_norm, 1.0 / hp.clip_norm) \
+            + (grad_norm - grad_norm)
+        numerator = tf.where(hp.clip_mode["global_norm"][:, None], scale[:, None] * ones,
+                             numerator)
+        fraction = tf.where(hp.clip_mode["global_norm"],
+                            tf.cast(grad_norm > hp.clip_norm, tf.float32), fraction)
     clipped = []
-    for g, v, nrm, glb in zip(grads, by_value, by_norm, by_global):
-        def pick(mode, like=g):
-            return _per_job(hp.clip_mode[mode], like)
-        clipped.append(tf.where(pick("value"), v, tf.where(pick("norm"), nrm,
-                                                          tf.where(pick("global_norm"), glb, g))))
-    share = tf.zeros_like(grad_norm)
-    for mode, value in fraction.items():
-        share = tf.where(hp.clip_mode[mode], value, share)
-    var_norms_clipped, grad_norm_clipped = _norms(clipped)
+    outside = tf.zeros_like(grad_norm)
+    for i, g in enumerate(grads):
+        if modes & {"norm", "global_norm"}:
+            g = g * _per_job(numerator[:, i], g) / _per_job(denominator[:, i], g)
+        if "value" in modes:
+            bounded = tf.clip_by_value(g, _per_job(hp.value_min, g), _per_job(hp.value_max, g))
+            outside += tf.reduce_sum(tf.cast(tf.not_equal(bounded, g), tf.float32),
+                                     _rest_axes(g))
+            g = bounded
+        clipped.append(g)
+    if "value" in modes:
+        elements = float(sum(int(np.prod(g.shape[1:])) for g in grads))
+        fraction = tf.where(hp.clip_mode["value"], outside / elements, fraction)
+    var_norms_clipped, grad_norm_clipped = ((var_norms, grad_norm) if modes == {"none"}
+                                            else _norms(clipped))
     return clipped, {"grad_norm": grad_norm, "grad_norm_clipped": grad_norm_clipped,
-                     "clip_fraction": share, "var_norms": var_norms,
+                     "clip_fraction": fraction, "var_norms": var_norms,
                      "var_norms_clipped": var_norms_clipped}
 
 
@@ -193,9 +223,22 @@ class StackedOptimizer:
         self.second = slots("second") if hp.optimizer == "adam" else None
 
     def apply(self, grads, lr, mask) -> None:
+        """One update of the jobs in `mask`; while every job is in it (the usual case) no
+        per-element masking is done at all."""
+        def update(keep):
+            self._update(grads, lr, keep)
+            return tf.constant(True)
+        tf.cond(tf.reduce_all(mask), lambda: update(None), lambda: update(mask))
+        self.iterations.assign_add(tf.cast(mask, tf.int64))
+
+    def _update(self, grads, lr, mask) -> None:
         hp, step = self.hp, tf.cast(self.iterations + 1, tf.float32)
+
+        def assign(variable, value, keep):
+            variable.assign(value if keep is None else tf.where(keep, value, variable))
+
         for i, (variable, g) in enumerate(zip(self.variables, grads)):
-            keep = _per_job(mask, g)
+            keep = None if mask is None else _per_job(mask, g)
             rate = _per_job(lr, g)
             first = self.first[i]
             if hp.optimizer == "adam":
@@ -204,21 +247,20 @@ class StackedOptimizer:
                 m = first + (g - first) * _per_job(hp.one_minus_beta1, g)
                 v = second + (tf.square(g) - second) * _per_job(hp.one_minus_beta2, g)
                 new = variable - (m * _per_job(alpha, g)) / (tf.sqrt(v) + _per_job(hp.epsilon, g))
-                second.assign(tf.where(keep, v, second))
-                first.assign(tf.where(keep, m, first))
+                assign(second, v, keep)
+                assign(first, m, keep)
             elif hp.optimizer == "rmsprop":
                 velocity = _per_job(hp.rho, g) * first + _per_job(hp.one_minus_rho, g) * tf.square(g)
                 new = variable - rate * g / tf.sqrt(velocity + _per_job(hp.epsilon, g))
-                first.assign(tf.where(keep, velocity, first))
+                assign(first, velocity, keep)
             else:  # sgd and momentum (momentum 0 = plain SGD, as Keras' SGD)
                 momentum = _per_job(hp.momentum, g)
                 m = first * momentum - g * rate
                 nesterov = variable + (m * momentum - g * rate)
                 plain = tf.where(_per_job(hp.momentum, g) > 0, variable + m, variable - g * rate)
                 new = tf.where(_per_job(hp.nesterov, g), nesterov, plain)
-                first.assign(tf.where(keep, m, first))
-            variable.assign(tf.where(keep, new, variable))
-        self.iterations.assign_add(tf.cast(mask, tf.int64))
+                assign(first, m, keep)
+            assign(variable, new, keep)
 
 
 def make_train_steps(net: StackedNet, cfgs, lr_fns, batches, per_example_loss, capacity: int,
