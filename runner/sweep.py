@@ -53,7 +53,7 @@ CONFIG_ERROR_MARKER = "CONFIG_ERROR"
 SWEEP_FILE = "sweeplab.json"  # in the sweep dir: what `sweeplab resume <dir>` needs
 PENDING_CLOSE = "sweep_pending_close.json"  # in the sweep dir: a parent left to close by sync
 # Launchers that run jobs in worker processes they spawn on this machine (see signals.py).
-LOCAL_POOL_LAUNCHERS = ("JoblibLauncher",)
+LOCAL_POOL_LAUNCHERS = ("JoblibLauncher", "StackedLauncher")
 
 _open_sweep: Optional["OpenSweep"] = None  # this process's sweep, until it is closed
 

@@ -80,6 +80,17 @@ def test_chunks_are_even_and_never_above_max_stack():
     assert even_chunks([1, 2], 16) == [[1, 2]]
 
 
+def test_chunks_are_split_until_every_worker_has_one():
+    cfgs = [compose_cfg("model=mlp", f"optimizer.lr={lr}") for lr in (0.1, 0.01, 0.001)] * 6
+    sizes = lambda workers, max_stack=16: sorted(  # noqa: E731
+        len(c.members) for c in plan_chunks(cfgs, [{}] * 18, max_stack, workers=workers))
+    assert sizes(1) == [9, 9] and sizes(2) == [9, 9]
+    assert sizes(3) == [4, 5, 9] and sizes(4) == [4, 4, 5, 5]
+    assert sizes(2, max_stack=32) == [9, 9]
+    # A chunk below four jobs stays whole: halves of one would train alone.
+    assert [len(c.members) for c in plan_chunks(cfgs[:3], [{}] * 3, 16, workers=2)] == [3]
+
+
 def test_unstackable_models_and_lonely_jobs_train_alone_with_a_reason():
     cfgs = [compose_cfg("model=mlp", "optimizer.lr=0.1"), compose_cfg("model=alexnet"),
             compose_cfg("model=mlp", "optimizer.lr=0.2"), compose_cfg("model=mlp", "seed=7"),
@@ -100,7 +111,9 @@ def sweeps(tmp_path_factory):
     """The 4-job sweep under the basic launcher and under stacked, run at the same time."""
     basic, stacked = tmp_path_factory.mktemp("basic"), tmp_path_factory.mktemp("stacked")
     processes = [start_cli([*SWEEP, STORE], basic),
-                 start_cli([*STACKED, *SWEEP, STORE, PICKLE_JOB_INFO], stacked)]
+                 # One process, all four in one graph (workers: test_workers_train_whole_chunks).
+                 start_cli([*STACKED, "hydra.launcher.n_workers=1", *SWEEP, STORE,
+                            PICKLE_JOB_INFO], stacked)]
     for process, cwd in zip(processes, (basic, stacked)):
         code, _, err = outcome(process, cwd)
         assert code == 0, err[-3000:]

@@ -26,9 +26,9 @@ from hydra.types import HydraContext
 from omegaconf import OmegaConf, open_dict
 
 from hydra_plugins.sweeplab_launcher._plan import Chunk, plan_chunks
-from runner import cli
+from runner import cli, signals
 from runner.config import ConfigError, validate
-from runner.tracking import JobContext
+from runner.tracking import JobContext, Stopped
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +72,19 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]],
     config = launcher.config
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     check_settings(launcher.max_stack, launcher.n_workers)
+    pool = launcher.pool
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     if config.hydra.job.chdir:
         log.warning("hydra.job.chdir=true is ignored by hydra/launcher=stacked: jobs that share "
                     "a graph share a process, which runs in %s", os.getcwd())
     log.info("Launching %d jobs, up to %d per graph, in %s", len(job_overrides),
-             launcher.max_stack, "this process" if launcher.n_workers == 1
-             else f"{launcher.n_workers} worker processes")
+             launcher.max_stack, "this process" if pool is None
+             else f"{len(pool.processes)} worker processes")
     jobs = [set_up(launcher, overrides, initial_job_idx + i)
             for i, overrides in enumerate(job_overrides)]
     accepted = [job for job in jobs if job.cfg is not None]
     chunks = plan_chunks([job.cfg for job in accepted], [env_of(job) for job in accepted],
-                         launcher.max_stack)
+                         launcher.max_stack, workers=1 if pool is None else len(pool.processes))
     members = [[accepted[i] for i in chunk.members] for chunk in chunks]
     works = [work_of(group, chunk, config.hydra.job_logging)
              for group, chunk in zip(members, chunks)]
@@ -95,18 +96,21 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]],
         finish(members[index], works[index], results, launcher.hydra_context.callbacks,
                launcher.task_function)
 
-    if launcher.n_workers == 1 or len(works) == 1:
+    if pool is None:
         for index, work in enumerate(works):
             done(index, run_work(work))
     else:
-        run_in_workers(works, min(launcher.n_workers, len(works)), console, done)
+        launcher.pool = None  # its workers end with this batch
+        pool.run(works, done)
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     return [job.ret for job in jobs]
 
 
-def check_settings(max_stack: int, n_workers: int) -> None:
+def check_settings(max_stack: int, n_workers: Optional[int]) -> None:
     """The launcher's own options: a bad one is the CLI's one line and exit 2."""
     for option, value, example in (("max_stack", max_stack, 16), ("n_workers", n_workers, 2)):
+        if option == "n_workers" and value is None:  # auto
+            continue
         if not isinstance(value, int) or value < 1:
             print(f"sweeplab: error: hydra.launcher.{option}: must be an integer >= 1, got "
                   f"{value!r}; e.g. hydra.launcher.{option}={example}", file=sys.stderr,
@@ -252,6 +256,8 @@ def run_work(work: Work) -> list:
             return image.run_variants(cfgs, contexts)
         except ConfigError as err:
             return [Rejected(str(err))] * len(cfgs)
+        except Stopped:  # SIGINT/SIGTERM: the chunk's runs are closed KILLED
+            return [Stopped(signals.received())] * len(cfgs)
         except Exception as err:  # the chunk's jobs fail; the sweep's other chunks go on
             log.error("jobs %s failed:\n%s", [num for num, _, _ in work.jobs],
                       traceback.format_exc())
@@ -290,71 +296,112 @@ def finish(jobs: List[Job], work: Work, results: list, callbacks, task_function)
 
 # ---------------------------------------------------------------- worker processes
 
+def default_workers(config) -> int:
+    """`hydra.launcher.n_workers: null`: one worker per usable core (at most 4: each holds its
+    own TensorFlow, ~1 GB), fewer when the sweep has fewer than two jobs per worker; 1 = train
+    in the launching process."""
+    from runner.sweep import count_jobs
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    jobs = count_jobs(config) or 2
+    return max(1, min(cores or 1, 4, jobs // 2))
+
+
 def worker(todo, results, console) -> None:
-    """A worker process: take chunks until told to stop, report each as it starts and ends."""
+    """A worker process: load TensorFlow at once (the launcher is still composing the jobs),
+    then train chunks until told to stop; report each chunk as it starts and ends. It exits
+    when its launcher does, even one killed outright."""
     configure_log(console)
+    launcher = os.getppid()
+    from runner.tasks import image  # noqa: F401  (TensorFlow: the slow import, done early)
+
     while True:
-        item = todo.get()
+        try:
+            item = todo.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            if os.getppid() != launcher:
+                return
+            continue
         if item is None:
             return
         index, work = item
         results.put(("start", index, os.getpid()))
-        values = run_work(work)
+        with signals.job():  # SIGINT/SIGTERM from here on stop the chunk's runs KILLED
+            values = ([Stopped(signals.received())] * len(work.jobs) if signals.received()
+                      else run_work(work))
         # An exception may not pickle; its text does (the traceback is in the worker's log).
-        results.put(("done", index, [RuntimeError(f"{type(v).__name__}: {v}")
+        results.put(("done", index, [v if isinstance(v, (Rejected, Stopped))
+                                     else RuntimeError(f"{type(v).__name__}: {v}")
                                      if isinstance(v, BaseException) else v for v in values]))
 
 
-def run_in_workers(works: List[Work], n_workers: int, console, done) -> None:
-    """Chunks to `n_workers` spawned processes; `done(index, results)` as each chunk ends.
+class WorkerPool:
+    """Spawned processes that train chunks, started when the launcher is set up: each loads
+    TensorFlow (~5 s) while the launcher composes and sets up the jobs, instead of after."""
 
-    A worker that dies fails the jobs of the chunk it held (and, once no worker is left, the
-    chunks nobody took): the launcher never waits for a dead process.
-    """
-    spawn = multiprocessing.get_context("spawn")
-    todo, results = spawn.Queue(), spawn.Queue()
-    for item in enumerate(works):
-        todo.put(item)
-    for _ in range(n_workers):
-        todo.put(None)
-    workers = [spawn.Process(target=worker, args=(todo, results, console))
-               for _ in range(n_workers)]
-    for process in workers:
-        process.start()
-    held: Dict[int, int] = {}  # chunk index -> pid of the worker training it
-    pending = set(range(len(works)))
+    def __init__(self, n_workers: int, job_logging) -> None:
+        spawn = multiprocessing.get_context("spawn")
+        self.todo, self.results = spawn.Queue(), spawn.Queue()
+        self.processes = [spawn.Process(target=worker, name=f"sweeplab-worker-{i}",
+                                        args=(self.todo, self.results,
+                                              console_logging(job_logging)))
+                          for i in range(n_workers)]
+        for process in self.processes:
+            process.start()
 
-    def handle(message):
-        kind, index, payload = message
-        if kind == "start":
-            held[index] = payload
-        elif index in pending:
+    def close(self) -> None:
+        """Workers finish what they hold and exit (also when no batch ever came)."""
+        for _ in self.processes:
+            self.todo.put(None)
+        for process in self.processes:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.terminate()
+
+    def run(self, works: List[Work], done) -> None:
+        """The chunks to the workers; `done(index, results)` as each chunk ends.
+
+        A worker that dies fails the jobs of the chunk it held (and, once no worker is left,
+        the chunks nobody took): the launcher never waits for a dead process.
+        """
+        for item in enumerate(works):
+            self.todo.put(item)
+        for _ in self.processes:
+            self.todo.put(None)
+        held: Dict[int, int] = {}  # chunk index -> pid of the worker training it
+        pending = set(range(len(works)))
+
+        def handle(message):
+            kind, index, payload = message
+            if kind == "start":
+                held[index] = payload
+            elif index in pending:
+                pending.discard(index)
+                done(index, payload)
+
+        def fail(index, why):
             pending.discard(index)
-            done(index, payload)
+            log.error("jobs %s failed: %s", [num for num, _, _ in works[index].jobs], why)
+            done(index, [RuntimeError(why)] * len(works[index].jobs))
 
-    def fail(index, why):
-        pending.discard(index)
-        log.error("jobs %s failed: %s", [num for num, _, _ in works[index].jobs], why)
-        done(index, [RuntimeError(why)] * len(works[index].jobs))
-
-    while pending:
-        try:
-            handle(results.get(timeout=POLL_SECONDS))
-            continue
-        except queue.Empty:
-            pass
-        dead = {p.pid: p.exitcode for p in workers if not p.is_alive()}
-        if not dead:
-            continue
-        drain(results, handle)  # what a worker sent just before it exited
-        for index, pid in held.items():
-            if pid in dead and index in pending:
-                fail(index, f"its worker process {pid} died (exit code {dead[pid]})")
-        if len(dead) == len(workers):
-            for index in sorted(pending):
-                fail(index, "no worker process is left to train it")
-    for process in workers:
-        process.join()
+        while pending:
+            try:
+                handle(self.results.get(timeout=POLL_SECONDS))
+                continue
+            except queue.Empty:
+                pass
+            dead = {p.pid: p.exitcode for p in self.processes if not p.is_alive()}
+            if not dead:
+                continue
+            drain(self.results, handle)  # what a worker sent just before it exited
+            for index, pid in held.items():
+                if pid in dead and index in pending:
+                    fail(index, f"its worker process {pid} died (exit code {dead[pid]})")
+            if len(dead) == len(self.processes):
+                for index in sorted(pending):
+                    fail(index, "no worker process is left to train it")
+        for process in self.processes:
+            process.join()
 
 
 def drain(results, handle) -> None:

@@ -49,8 +49,12 @@ class Chunk:
 
 
 def plan_chunks(cfgs: Sequence, envs: Sequence[Dict[str, str]], max_stack: int,
-                supports: Callable = supports) -> List[Chunk]:
-    """Group the jobs by graph, split the groups into chunks; ordered by each chunk's first job."""
+                supports: Callable = supports, workers: int = 1) -> List[Chunk]:
+    """Group the jobs by graph, split the groups into chunks; ordered by each chunk's first job.
+
+    With several `workers`, a chunk of 4 or more jobs is halved while there are fewer chunks
+    than workers: 16 jobs on 2 workers train as 8 + 8 side by side, not 16 on one of them.
+    """
     chunks, groups = [], {}
     for i, (cfg, env) in enumerate(zip(cfgs, envs)):
         reason = supports(cfg)
@@ -63,6 +67,14 @@ def plan_chunks(cfgs: Sequence, envs: Sequence[Dict[str, str]], max_stack: int,
             chunks.append(Chunk(members, alone="no other job of this batch shares its graph"))
             continue
         chunks.extend(Chunk(part) for part in even_chunks(members, max(1, max_stack)))
+    while len(chunks) < workers:
+        largest = max((c for c in chunks if c.alone is None), key=lambda c: len(c.members),
+                      default=None)
+        if largest is None or len(largest.members) < 4:
+            break
+        chunks.remove(largest)
+        chunks.extend(Chunk(part) for part in even_chunks(largest.members,
+                                                          -(-len(largest.members) // 2)))
     for chunk in chunks:
         if len(chunk.members) == 1 and chunk.alone is None:
             chunk.alone = "hydra.launcher.max_stack=1"

@@ -7,6 +7,7 @@ the scan skips it), imported when the launcher runs — the layout of Hydra's ow
     python -m runner -m hydra/launcher=stacked experiment=lenet_clip \
         optimizer.lr=0.00005,0.0005,0.005,0.05 clipping=none,value,norm,global_norm
 """
+import atexit
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -22,8 +23,9 @@ class StackedLauncherConf:
     _target_: str = "hydra_plugins.sweeplab_launcher.stacked_launcher.StackedLauncher"
     # Jobs trained in one compiled graph at most; a bigger group is split into even chunks.
     max_stack: int = 16
-    # Processes that train chunks (each takes whole chunks); 1 = in the launching process.
-    n_workers: int = 1
+    # Processes that train chunks (each takes whole chunks); 1 = in the launching process;
+    # null = one per core, at most 4, at most one per two jobs (2 on a 2-core machine).
+    n_workers: Optional[int] = None
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=StackedLauncherConf,
@@ -31,8 +33,9 @@ ConfigStore.instance().store(group="hydra/launcher", name="stacked", node=Stacke
 
 
 class StackedLauncher(Launcher):
-    def __init__(self, max_stack: int = 16, n_workers: int = 1) -> None:
+    def __init__(self, max_stack: int = 16, n_workers: Optional[int] = None) -> None:
         self.max_stack, self.n_workers = max_stack, n_workers
+        self.pool = None  # worker processes, started by `setup`, ended by `launch`
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.task_function: Optional[TaskFunction] = None
@@ -40,9 +43,18 @@ class StackedLauncher(Launcher):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        from hydra_plugins.sweeplab_launcher import _core
+
+        # Workers start now, so that they load TensorFlow while the sweeper and the launcher
+        # compose the jobs; `launch` hands them the chunks.
+        _core.check_settings(self.max_stack, self.n_workers)
+        workers = self.n_workers or _core.default_workers(config)
+        if workers > 1:
+            self.pool = _core.WorkerPool(workers, config.hydra.job_logging)
+            atexit.register(self.pool.close)  # no batch came (every job resumed as done)
 
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:
-        from hydra_plugins.sweeplab_launcher import _core  # TensorFlow and MLflow load here
+        from hydra_plugins.sweeplab_launcher import _core
 
         return _core.launch(self, job_overrides, initial_job_idx)
