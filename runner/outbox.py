@@ -24,10 +24,10 @@ import threading
 import time
 from typing import Optional, Tuple
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from runner import store
+from runner import bulk_metrics, store
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,10 @@ def apply(client: MlflowClient, run_id: Optional[str], op: dict,
                                 run_name=op["run_name"])
         return run.info.run_id
     if kind == "log_batch":
-        client.log_batch(run_id, metrics=[Metric(*m) for m in op.get("metrics", ())],
-                         params=[Param(*p) for p in op.get("params", ())],
-                         tags=[RunTag(*t) for t in op.get("tags", ())])
+        if op.get("params") or op.get("tags"):
+            client.log_batch(run_id, params=[Param(*p) for p in op.get("params", ())],
+                             tags=[RunTag(*t) for t in op.get("tags", ())])
+        bulk_metrics.log_metrics(client, run_id, op.get("metrics"))
     elif kind == "log_artifact":
         path = op["path"] if base_dir is None else os.path.join(base_dir, op["path"])
         client.log_artifact(run_id, path, op.get("artifact_path"))
