@@ -97,8 +97,9 @@ class StackedNet:
 
     def write_back(self) -> None:
         """Each job's trained weights into its own Keras model (for summaries and plots)."""
+        values = [v.numpy() for v in self.variables]  # one read each, not one slice per job
         for i, model in enumerate(self.models):
-            for variable, stacked in zip(model.trainable_variables, self.variables):
+            for variable, stacked in zip(model.trainable_variables, values):
                 variable.assign(stacked[i])
 
 

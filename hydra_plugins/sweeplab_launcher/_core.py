@@ -120,6 +120,29 @@ def check_settings(max_stack: int, n_workers: Optional[int]) -> None:
 
 # ---------------------------------------------------------------- setting up each job
 
+class ComposeOnce:
+    """The sweeper's config loader, composing each job once instead of twice.
+
+    Hydra's sweeper composes every job of a batch to check it (`validate_batch_is_legal`) and
+    throws the result away; the launcher then composes it again (~0.15 s a job). The first
+    composition is kept here and handed to the launcher's `set_up`, which owns it from then on.
+    """
+
+    def __init__(self, loader) -> None:
+        self._loader, self._kept = loader, {}
+
+    def load_sweep_config(self, master_config, sweep_overrides):
+        key = (id(master_config), tuple(sweep_overrides))
+        if key in self._kept:
+            return self._kept.pop(key)
+        config = self._loader.load_sweep_config(master_config, list(sweep_overrides))
+        self._kept[key] = config
+        return config
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
 def set_up(launcher, overrides: Sequence[str], idx: int) -> Job:
     """Compose the job's config and let Hydra's `run_job` set it up, as BasicLauncher does."""
     log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))

@@ -45,6 +45,8 @@ class StackedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         from hydra_plugins.sweeplab_launcher import _core
 
+        # Shared with the sweeper, which composes each job once to check it: keep that one.
+        hydra_context.config_loader = _core.ComposeOnce(hydra_context.config_loader)
         # Workers start now, so that they load TensorFlow while the sweeper and the launcher
         # compose the jobs; `launch` hands them the chunks.
         _core.check_settings(self.max_stack, self.n_workers)
