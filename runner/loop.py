@@ -92,6 +92,9 @@ def _all_finite(total, stats):
                                    tf.math.is_finite(stats["grad_norm_clipped"])]))
 
 
+# Plain Python around TF ops (its one branch on a tensor is an explicit tf.cond), traced as
+# written: AutoGraph converting it and everything it calls cost most of the first call.
+@tf.autograph.experimental.do_not_convert
 def _attempt(variant: Variant, batch):
     """One update of one variant: (applied?, series values, per-variable norms before/after)."""
     variables = variant.model.trainable_variables

@@ -277,6 +277,9 @@ def make_train_steps(net: StackedNet, cfgs, lr_fns, batches, per_example_loss, c
     reduce = tf.reduce_sum if train_cfg.loss_reduction == "sum" else tf.reduce_mean
     n_vars = len(net.variables)
 
+    # Plain Python around TF ops, traced as written: AutoGraph's conversion of this step and
+    # everything it calls was ~70% of the first call's time.
+    @tf.autograph.experimental.do_not_convert
     def step():
         x, y = batches.next()
         lr = tf.stack([tf.cast(fn(optimizer.iterations[j]), tf.float32)

@@ -71,9 +71,12 @@ class ShuffledBatches:
         self.cursor = tf.Variable(0, trainable=False)
 
     def next(self):
-        if self.cursor + self.batch > self.n:  # epoch done: reshuffle
+        def reshuffle():  # epoch done
             self.order.assign(tf.argsort(self.rng.uniform([self.n])))
             self.cursor.assign(0)
+            return tf.constant(True)
+        # An explicit cond: the training step is traced without AutoGraph (runner.loop).
+        tf.cond(self.cursor + self.batch > self.n, reshuffle, lambda: tf.constant(False))
         # A gather, not a variable-bounded slice: that slice hangs XLA's compiler.
         idx = tf.gather(self.order, self.cursor + tf.range(self.batch))
         self.cursor.assign_add(self.batch)
