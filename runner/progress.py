@@ -7,6 +7,7 @@ still goes to the job's log file (the `sweeplab.steps` logger, see conf/hydra/jo
 One reporter per process (`reporter()`): the sweep callback, the CLI and the tasks share it.
 """
 import logging
+import os
 import sys
 import time
 from typing import Dict, Optional
@@ -103,6 +104,43 @@ class BarReporter(LineReporter):
     def close(self) -> None:
         if self.bars.live.is_started:
             self.bars.stop()
+
+
+class ForwardingReporter:
+    """In a worker process: each event goes to the launcher's reporter (`replay` there), so
+    one process draws the bars and counts the sweep's jobs. Keys get the worker's pid: two
+    workers may pick the same key for different jobs."""
+
+    def __init__(self, send):
+        self.send = send
+
+    def sweep_started(self, total: Optional[int]) -> None:
+        pass
+
+    def job_started(self, key, name: str, steps: int) -> None:
+        self.send(("job_started", ((os.getpid(), key), name, steps)))
+
+    def job_step(self, key, step: int, train_loss: float, val_acc: float) -> None:
+        self.send(("job_step", ((os.getpid(), key), step, train_loss, val_acc)))
+
+    def job_finished(self, key, outcome: str, summary: str) -> None:
+        self.send(("job_finished", ((os.getpid(), key), outcome, summary)))
+
+    def close(self) -> None:
+        pass
+
+
+def forward_to(send) -> None:
+    """This (worker) process reports through `send(event)` instead of drawing anything."""
+    global _reporter
+    _reporter = ForwardingReporter(send)
+
+
+def replay(event) -> None:
+    """A worker's event, shown by this process's reporter."""
+    method, args = event
+    if method in ("job_started", "job_step", "job_finished"):
+        getattr(reporter(), method)(*args)
 
 
 _reporter = None

@@ -410,7 +410,8 @@ def main(argv: Sequence[str]) -> int:
         print(f"sweeplab: error: {source}: the MLflow store {uri} failed: {first}; point "
               f"--tracking-uri at a working store", file=sys.stderr, flush=True)
         return 2
-    console = Console()
+    # Piped into a file or CI log, rich would assume 80 columns and cut the table's cells.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     for line in _headline(parent, records, metric):
         console.print(line, highlight=False, soft_wrap=True)
     print_table(records, metric, console)

@@ -239,6 +239,8 @@ def test_workers_train_whole_chunks_with_the_same_curves(tmp_path):
     code, out, err = outcome(process, tmp_path)
     assert code == 0, err[-3000:]
     assert "in 2 worker processes" in out
+    # The workers' progress reaches the launcher, which counts the sweep's jobs.
+    assert "(4/4 of the sweep)" in out + err
     client, runs = children(tmp_path)
     assert len(runs) == 4
     for name, run in runs.items():

@@ -26,7 +26,7 @@ from hydra.types import HydraContext
 from omegaconf import OmegaConf, open_dict
 
 from hydra_plugins.sweeplab_launcher._plan import Chunk, plan_chunks
-from runner import cli, signals
+from runner import cli, progress, signals
 from runner.config import ConfigError, validate
 from runner.tracking import JobContext, Stopped
 
@@ -336,6 +336,8 @@ def worker(todo, results, console) -> None:
     when its launcher does, even one killed outright."""
     configure_log(console)
     launcher = os.getppid()
+    # Bars and job counts are drawn by the launcher, from what the workers send it.
+    progress.forward_to(lambda event: results.put(("progress", None, event)))
     from runner.tasks import image  # noqa: F401  (TensorFlow: the slow import, done early)
 
     while True:
@@ -396,7 +398,9 @@ class WorkerPool:
 
         def handle(message):
             kind, index, payload = message
-            if kind == "start":
+            if kind == "progress":
+                progress.replay(payload)
+            elif kind == "start":
                 held[index] = payload
             elif index in pending:
                 pending.discard(index)
