@@ -104,7 +104,7 @@ def run_job(cfg) -> float:
     except Stopped:
         pass  # its run is closed KILLED; the sweep (or main) reports the signal
     except Exception as err:  # data error, out of memory, a bug: this job fails, not the sweep
-        run = recorded_run(err) or _record(cfg, job, err)
+        run = recorded_run(err) or record_failed_job(cfg, job, err)
         print(f"sweeplab: error: job {' '.join(job.overrides) or '(defaults)'} failed: "
               f"{one_line(err)}; run {run} is FAILED, traceback in its error.txt",
               file=sys.stderr, flush=True)
@@ -113,7 +113,7 @@ def run_job(cfg) -> float:
     return float("nan")
 
 
-def _record(cfg, job: JobContext, err: Exception):
+def record_failed_job(cfg, job: JobContext, err: Exception):
     """A FAILED run for a job that broke before its run existed (best effort)."""
     try:
         return record_failure(cfg, job, err)

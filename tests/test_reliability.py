@@ -271,6 +271,36 @@ def test_a_signal_stops_a_sweep_and_closes_every_run(tmp_path, store, launcher, 
     assert "resume with: sweeplab resume" in cli.output
 
 
+def test_sigterm_stops_a_stacked_sweep_in_worker_processes_and_closes_every_run(tmp_path,
+                                                                              store):
+    # Four jobs, two workers: two graphs of two jobs, trained in two worker processes.
+    sweep_dir = tmp_path / "sweep"
+    cli = Cli(["-m", "hydra/launcher=stacked", "hydra.launcher.n_workers=2", *LONG,
+               "optimizer.lr=0.01,0.001,0.002,0.003", f"mlflow.tracking_uri={store}",
+               f"hydra.sweep.dir={sweep_dir}"], tmp_path, cli_env(tmp_path))
+    cli.wait_for(r"in 2 worker processes")
+    deadline = time.monotonic() + 300
+    while not (len(logs := job_logs(sweep_dir)) == 4 and all(
+            printed_evaluations(text) for text in logs.values())):  # every job evaluated
+        assert cli.proc.poll() is None and time.monotonic() < deadline, cli.output[-3000:]
+        time.sleep(0.2)
+    send(cli, signal.SIGTERM)
+    assert cli.finish() == 128 + signal.SIGTERM, cli.output[-3000:]
+    assert_no_orphans(cli.proc.pid)
+
+    client, runs = all_runs(store)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    [parent] = [r for r in runs if r.data.tags.get("sweeplab.role") == "sweep"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert parent.info.status == "KILLED" and len(children) == 4
+    logs = job_logs(sweep_dir)
+    for child in children:
+        assert child.info.status == "KILLED" and child.data.tags["outcome"] == "killed"
+        assert child.data.tags["sweeplab.stacked"] == "2"
+        assert_printed_metrics_stored(client, child.info.run_id,
+                                      printed_evaluations(logs[child.data.params["optimizer.lr"]]))
+
+
 @pytest.mark.slow
 def test_joblib_workers_close_their_runs_and_exit_when_the_launcher_is_killed(tmp_path, store):
     cli = Cli(sweep_args(store, "joblib"), tmp_path, cli_env(tmp_path))
@@ -483,10 +513,12 @@ def write_npz(folder, labels_high=9):
     return folder
 
 
-def test_a_job_that_raises_fails_alone_and_the_sweep_goes_on(tmp_path, store):
+@pytest.mark.parametrize("launcher", [
+    (), ("hydra/launcher=stacked", "hydra.launcher.n_workers=2")], ids=["basic", "stacked"])
+def test_a_job_that_raises_fails_alone_and_the_sweep_goes_on(tmp_path, store, launcher):
     good, bad = write_npz(tmp_path / "good"), write_npz(tmp_path / "bad", labels_high=200)
     done = subprocess.run(
-        [sys.executable, "-m", "runner", "-m", *SHORT, "dataset=mnist",
+        [sys.executable, "-m", "runner", "-m", *launcher, *SHORT, "dataset=mnist",
          f"dataset.data_dir={bad},{good}", f"mlflow.tracking_uri={store}"],
         cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert done.returncode == 1, done.stderr[-3000:]

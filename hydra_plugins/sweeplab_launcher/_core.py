@@ -28,7 +28,8 @@ from omegaconf import OmegaConf, open_dict
 from hydra_plugins.sweeplab_launcher._plan import Chunk, plan_chunks
 from runner import cli, progress, signals
 from runner.config import ConfigError, validate
-from runner.tracking import JobContext, Stopped
+from runner.outbox import one_line
+from runner.tracking import JobContext, Stopped, recorded_run
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ class Work:
     env: Dict[str, str]
     file_format: str
     file_loggers: List[str]  # the loggers Hydra's job logging gives the job's file ("" = root)
+
+
+class WorkerDied(RuntimeError):
+    """The worker process training a chunk died (e.g. killed by the OOM killer)."""
 
 
 @dataclass
@@ -284,6 +289,9 @@ def run_work(work: Work) -> list:
         except Exception as err:  # the chunk's jobs fail; the sweep's other chunks go on
             log.error("jobs %s failed:\n%s", [num for num, _, _ in work.jobs],
                       traceback.format_exc())
+            if recorded_run(err) is None:  # it broke before the jobs' runs were opened
+                for cfg, context in zip(cfgs, contexts):
+                    cli.record_failed_job(cfg, context, err)
             return [err] * len(cfgs)
 
 
@@ -310,7 +318,15 @@ def finish(jobs: List[Job], work: Work, results: list, callbacks, task_function)
             callbacks.on_job_start(config=job.config, task_function=task_function)
             if isinstance(result, Rejected):
                 job.ret.return_value = cli.reject(ConfigError(result.message))
-            elif isinstance(result, BaseException):
+            elif isinstance(result, Stopped):  # its run closed KILLED; the sweep says why
+                job.ret.return_value = float("nan")
+            elif isinstance(result, BaseException) and not isinstance(result, WorkerDied):
+                # Its run is FAILED with the error: one line, and the sweep ends with exit 1.
+                print(f"sweeplab: error: job {' '.join(job.context.overrides)} failed: "
+                      f"{one_line(result)}; its run is FAILED, traceback in its error.txt",
+                      file=sys.stderr, flush=True)
+                job.ret.return_value = float("nan")
+            elif isinstance(result, BaseException):  # no run could be closed: lost later
                 job.ret.status, job.ret.return_value = JobStatus.FAILED, result
             else:
                 job.ret.return_value = result
@@ -409,7 +425,7 @@ class WorkerPool:
         def fail(index, why):
             pending.discard(index)
             log.error("jobs %s failed: %s", [num for num, _, _ in works[index].jobs], why)
-            done(index, [RuntimeError(why)] * len(works[index].jobs))
+            done(index, [WorkerDied(why)] * len(works[index].jobs))
 
         while pending:
             try:
