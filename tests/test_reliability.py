@@ -271,6 +271,7 @@ def test_a_signal_stops_a_sweep_and_closes_every_run(tmp_path, store, launcher, 
     assert "resume with: sweeplab resume" in cli.output
 
 
+@pytest.mark.slow  # ~20 s; basic and joblib sweeps are signalled in the fast suite
 def test_sigterm_stops_a_stacked_sweep_in_worker_processes_and_closes_every_run(tmp_path,
                                                                               store):
     # Four jobs, two workers: two graphs of two jobs, trained in two worker processes.
@@ -514,7 +515,8 @@ def write_npz(folder, labels_high=9):
 
 
 @pytest.mark.parametrize("launcher", [
-    (), ("hydra/launcher=stacked", "hydra.launcher.n_workers=2")], ids=["basic", "stacked"])
+    (), pytest.param(("hydra/launcher=stacked", "hydra.launcher.n_workers=2"),
+                     marks=pytest.mark.slow)], ids=["basic", "stacked"])
 def test_a_job_that_raises_fails_alone_and_the_sweep_goes_on(tmp_path, store, launcher):
     good, bad = write_npz(tmp_path / "good"), write_npz(tmp_path / "bad", labels_high=200)
     done = subprocess.run(
