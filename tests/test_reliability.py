@@ -586,11 +586,13 @@ def test_an_interrupted_sweep_resumes_each_config_exactly_once(tmp_path, store):
 
 
 @pytest.mark.slow
-def test_resume_subcommand_reruns_only_the_failed_job(tmp_path, store):
+@pytest.mark.parametrize("launcher", [(), ("hydra/launcher=stacked",)],
+                         ids=["basic", "stacked"])
+def test_resume_subcommand_reruns_only_the_failed_job(tmp_path, store, launcher):
     good, bad = write_npz(tmp_path / "good"), write_npz(tmp_path / "bad", labels_high=200)
     sweep_dir = tmp_path / "sweep"
     first = subprocess.run(
-        [sys.executable, "-m", "runner", "-m", *SHORT, "dataset=mnist",
+        [sys.executable, "-m", "runner", "-m", *launcher, *SHORT, "dataset=mnist",
          f"dataset.data_dir={bad},{good}", f"mlflow.tracking_uri={store}",
          f"hydra.sweep.dir={sweep_dir}"],
         cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True, timeout=600)
@@ -598,9 +600,9 @@ def test_resume_subcommand_reruns_only_the_failed_job(tmp_path, store):
     with np.load(bad / "mnist.npz") as arrays:  # the data fixed: labels back in 0..9
         fixed = {k: (v % 10 if k.startswith("y") else v) for k, v in arrays.items()}
     np.savez(bad / "mnist.npz", **fixed)
-    resume = subprocess.run([sys.executable, "-m", "runner", "resume", str(sweep_dir)],
-                            cwd=tmp_path, env=cli_env(tmp_path), capture_output=True, text=True,
-                            timeout=600)
+    resume = subprocess.run([sys.executable, "-m", "runner", "resume", str(sweep_dir),
+                             *launcher], cwd=tmp_path, env=cli_env(tmp_path),
+                            capture_output=True, text=True, timeout=600)
     assert resume.returncode == 0, resume.stderr[-3000:]
     assert resume.stdout.count("already finished: run") == 1
     client, runs = all_runs(store)

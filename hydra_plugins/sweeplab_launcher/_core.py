@@ -29,6 +29,7 @@ from hydra_plugins.sweeplab_launcher._plan import Chunk, plan_chunks
 from runner import cli, progress, signals
 from runner.config import ConfigError, validate
 from runner.outbox import one_line
+from runner.tasks import spec_of_run
 from runner.tracking import JobContext, Stopped, recorded_run
 
 log = logging.getLogger(__name__)
@@ -174,9 +175,14 @@ def accept(cfg):
         validate(cfg)
     except ConfigError as err:
         return cli.reject(err)
+    context = cli.job_context()
+    done = cli.already_finished(cfg, context)  # a resumed sweep: this config has its run
+    if done is not None:
+        print(f"already finished: run {done.info.run_id} ({done.info.run_name})", flush=True)
+        return done.data.metrics.get(spec_of_run(done.data.tags).objective, float("nan"))
     resolved = deepcopy(cfg)  # `${hydra:...}` resolves only here, inside the job's config
     OmegaConf.resolve(resolved)
-    return resolved, cli.job_context()
+    return resolved, context
 
 
 def env_of(job: Job) -> Dict[str, str]:
