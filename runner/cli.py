@@ -8,6 +8,7 @@ sweep goes on.
 """
 import os
 import sys
+from typing import Optional
 
 # Quiet TensorFlow's C++ start-up chatter before it is imported anywhere.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -90,11 +91,9 @@ def run_job(cfg) -> float:
         validate(cfg)
         if not multirun:  # a sweep checks its store once, before the first job
             store.check_store(cfg.mlflow)
-        done = already_finished(cfg, job)
+        done = finished_value(cfg, job)
         if done is not None:
-            print(f"already finished: run {done.info.run_id} ({done.info.run_name})", flush=True)
-            spec = tasks.spec_of_run(done.data.tags)
-            return done.data.metrics.get(spec.objective, float("nan"))
+            return done
         value = run_task(cfg, job)
         if not multirun:
             progress.reporter().close()
@@ -104,13 +103,27 @@ def run_job(cfg) -> float:
     except Stopped:
         pass  # its run is closed KILLED; the sweep (or main) reports the signal
     except Exception as err:  # data error, out of memory, a bug: this job fails, not the sweep
-        run = recorded_run(err) or record_failed_job(cfg, job, err)
-        print(f"sweeplab: error: job {' '.join(job.overrides) or '(defaults)'} failed: "
-              f"{one_line(err)}; run {run} is FAILED, traceback in its error.txt",
-              file=sys.stderr, flush=True)
+        say_failed(job, err, run=recorded_run(err) or record_failed_job(cfg, job, err))
         if not multirun:
             sys.exit(1)
     return float("nan")
+
+
+def finished_value(cfg, job: JobContext) -> Optional[float]:
+    """In a resumed sweep, a job whose config already has a FINISHED run: says so and returns
+    that run's objective (what the job would return); None if the job has to run."""
+    done = already_finished(cfg, job)
+    if done is None:
+        return None
+    print(f"already finished: run {done.info.run_id} ({done.info.run_name})", flush=True)
+    return done.data.metrics.get(tasks.spec_of_run(done.data.tags).objective, float("nan"))
+
+
+def say_failed(job: JobContext, err: BaseException, run: Optional[str] = None) -> None:
+    """The one line a job that raised gets on stderr (its run holds the traceback)."""
+    print(f"sweeplab: error: job {' '.join(job.overrides) or '(defaults)'} failed: "
+          f"{one_line(err)}; {f'run {run}' if run else 'its run'} is FAILED, traceback in its "
+          f"error.txt", file=sys.stderr, flush=True)
 
 
 def record_failed_job(cfg, job: JobContext, err: Exception):

@@ -6,12 +6,12 @@ and stop there: the run is flushed and closed KILLED. Jobs not started yet are s
 sweep closes its parent KILLED; the process exits 128 + signal (130 SIGINT, 143 SIGTERM).
 Nothing raises from inside a handler, so a run is never cut off halfway through closing.
 
-Worker processes: a launcher that spawns them (joblib/loky) blocks SIGINT/SIGTERM in its main
+Worker processes: a launcher that spawns them (joblib/loky, the stacked launcher) blocks SIGINT/SIGTERM in its main
 thread first (`shield_workers`), so every worker starts with them blocked and a Ctrl-C reaching
 an idle worker cannot kill it (loky would then SIGKILL the other workers while they close their
 runs). The launcher receives its own signals in a watcher thread. A worker installs the handler
-and unblocks the signals when it starts a job (`job`); a signal that arrived before is then
-seen, and the job is skipped. Workers watch their launcher: if it dies (even by SIGKILL) they
+and unblocks the signals when it starts a job (`job`; a stacked worker at once,
+`prepare_worker`); a signal that arrived before is then seen, and the job is skipped. Workers watch their launcher: if it dies (even by SIGKILL) they
 stop as if signalled and exit, so none lives on as an orphan or starts another job.
 """
 import contextlib
@@ -116,8 +116,12 @@ def _receive_blocked() -> None:
         _on_signal(signal.sigwait(STOP_SIGNALS))
 
 
-def _prepare_worker() -> None:
-    """Once per worker process: the handler, the signals unblocked, a watch on the launcher."""
+def prepare_worker(launcher: Optional[int] = None) -> None:
+    """Once per worker process: the handler, the signals unblocked, a watch on the launcher.
+
+    `launcher`: its pid, as the launcher gave it; else this process's parent now (a worker
+    that starts after its launcher died would then watch the wrong process).
+    """
     global _worker_ready
     if (_worker_ready or is_launcher()
             or threading.current_thread() is not threading.main_thread()):
@@ -126,7 +130,7 @@ def _prepare_worker() -> None:
         signal.signal(signum, _on_signal)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # a pending one lands now
-    threading.Thread(target=_watch_launcher, args=(os.getppid(),), daemon=True,
+    threading.Thread(target=_watch_launcher, args=(launcher or os.getppid(),), daemon=True,
                      name="sweeplab-launcher-watch").start()
     _worker_ready = True
 
@@ -146,7 +150,7 @@ def _watch_launcher(launcher: int) -> None:
 def job():
     """Around one job in this process: makes a worker process stoppable, marks it busy."""
     global _busy
-    _prepare_worker()
+    prepare_worker()
     _busy = True
     try:
         yield

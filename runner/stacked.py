@@ -164,8 +164,8 @@ def clip(grads, hp: Hyper):
     Every mode is one expression per tensor, `clip(g * numerator / denominator, lo, hi)`, with
     [N, variables] factors and [N] bounds that are 1 and +-inf for the jobs a mode does not
     concern: tf.clip_by_norm is g * c / max(norm, c), tf.clip_by_global_norm is g * scale,
-    tf.clip_by_value is the bounds — so each job's result is bit for bit what the TF op gives
-    it alone, at two or three passes over the gradients instead of one per mode.
+    tf.clip_by_value is the bounds — the same arithmetic the TF op does for the job alone, at
+    two or three passes over the gradients instead of one per mode.
     """
     var_norms, grad_norm = _norms(grads)
     modes = hp.clip_modes

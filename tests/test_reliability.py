@@ -314,6 +314,21 @@ def test_joblib_workers_close_their_runs_and_exit_when_the_launcher_is_killed(tm
     assert children and all(c.info.status == "KILLED" for c in children)
 
 
+@pytest.mark.slow
+def test_stacked_workers_exit_when_the_launcher_is_killed_while_they_start(tmp_path, store):
+    # Killed while its workers still load TensorFlow: they must not outlive it waiting for work.
+    cli = Cli(["-m", "hydra/launcher=stacked", "hydra.launcher.n_workers=2", *LONG,
+               "optimizer.lr=0.01,0.001,0.002,0.003", f"mlflow.tracking_uri={store}"],
+              tmp_path, cli_env(tmp_path))
+    deadline = time.monotonic() + 120
+    while len([p for p in group_members(cli.proc.pid) if p != cli.proc.pid]) < 3:
+        assert cli.proc.poll() is None and time.monotonic() < deadline  # 2 workers + tracker
+        time.sleep(0.05)
+    cli.proc.send_signal(signal.SIGKILL)
+    cli.finish()
+    assert_no_orphans(cli.proc.pid, timeout=60)
+
+
 @pytest.mark.slow  # tens of seconds: `make test-slow`
 def test_a_run_whose_process_died_is_marked_lost(tmp_path, store):
     from runner.store import mark_lost_runs

@@ -28,8 +28,6 @@ from omegaconf import OmegaConf, open_dict
 from hydra_plugins.sweeplab_launcher._plan import Chunk, plan_chunks
 from runner import cli, progress, signals
 from runner.config import ConfigError, validate
-from runner.outbox import one_line
-from runner.tasks import spec_of_run
 from runner.tracking import JobContext, Stopped, recorded_run
 
 log = logging.getLogger(__name__)
@@ -176,10 +174,9 @@ def accept(cfg):
     except ConfigError as err:
         return cli.reject(err)
     context = cli.job_context()
-    done = cli.already_finished(cfg, context)  # a resumed sweep: this config has its run
+    done = cli.finished_value(cfg, context)  # a resumed sweep: this config has its run
     if done is not None:
-        print(f"already finished: run {done.info.run_id} ({done.info.run_name})", flush=True)
-        return done.data.metrics.get(spec_of_run(done.data.tags).objective, float("nan"))
+        return done
     resolved = deepcopy(cfg)  # `${hydra:...}` resolves only here, inside the job's config
     OmegaConf.resolve(resolved)
     return resolved, context
@@ -290,8 +287,8 @@ def run_work(work: Work) -> list:
             return image.run_variants(cfgs, contexts)
         except ConfigError as err:
             return [Rejected(str(err))] * len(cfgs)
-        except Stopped:  # SIGINT/SIGTERM: the chunk's runs are closed KILLED
-            return [Stopped(signals.received())] * len(cfgs)
+        except Stopped as stop:  # SIGINT/SIGTERM: the chunk's runs are closed KILLED
+            return [stop] * len(cfgs)
         except Exception as err:  # the chunk's jobs fail; the sweep's other chunks go on
             log.error("jobs %s failed:\n%s", [num for num, _, _ in work.jobs],
                       traceback.format_exc())
@@ -324,16 +321,13 @@ def finish(jobs: List[Job], work: Work, results: list, callbacks, task_function)
             callbacks.on_job_start(config=job.config, task_function=task_function)
             if isinstance(result, Rejected):
                 job.ret.return_value = cli.reject(ConfigError(result.message))
+            elif isinstance(result, WorkerDied):  # no run could be closed: lost later
+                job.ret.status, job.ret.return_value = JobStatus.FAILED, result
             elif isinstance(result, Stopped):  # its run closed KILLED; the sweep says why
                 job.ret.return_value = float("nan")
-            elif isinstance(result, BaseException) and not isinstance(result, WorkerDied):
-                # Its run is FAILED with the error: one line, and the sweep ends with exit 1.
-                print(f"sweeplab: error: job {' '.join(job.context.overrides)} failed: "
-                      f"{one_line(result)}; its run is FAILED, traceback in its error.txt",
-                      file=sys.stderr, flush=True)
+            elif isinstance(result, BaseException):  # its run is FAILED; the sweep exits 1
+                cli.say_failed(job.context, result)
                 job.ret.return_value = float("nan")
-            elif isinstance(result, BaseException):  # no run could be closed: lost later
-                job.ret.status, job.ret.return_value = JobStatus.FAILED, result
             else:
                 job.ret.return_value = result
             callbacks.on_job_end(config=job.config, job_return=job.ret)
@@ -352,28 +346,23 @@ def default_workers(config) -> int:
     return max(1, min(cores or 1, 4, jobs // 2))
 
 
-def worker(todo, results, console) -> None:
+def worker(todo, results, console, launcher: int) -> None:
     """A worker process: load TensorFlow at once (the launcher is still composing the jobs),
     then train chunks until told to stop; report each chunk as it starts and ends. It exits
     when its launcher does, even one killed outright."""
     configure_log(console)
-    launcher = os.getppid()
+    signals.prepare_worker(launcher)  # stoppable, and gone with its launcher, from the start
     # Bars and job counts are drawn by the launcher, from what the workers send it.
     progress.forward_to(lambda event: results.put(("progress", None, event)))
     from runner.tasks import image  # noqa: F401  (TensorFlow: the slow import, done early)
 
     while True:
-        try:
-            item = todo.get(timeout=POLL_SECONDS)
-        except queue.Empty:
-            if os.getppid() != launcher:
-                return
-            continue
+        item = todo.get()
         if item is None:
             return
         index, work = item
         results.put(("start", index, os.getpid()))
-        with signals.job():  # SIGINT/SIGTERM from here on stop the chunk's runs KILLED
+        with signals.job():  # SIGINT/SIGTERM stop the chunk's runs KILLED
             values = ([Stopped(signals.received())] * len(work.jobs) if signals.received()
                       else run_work(work))
         # An exception may not pickle; its text does (the traceback is in the worker's log).
@@ -391,13 +380,17 @@ class WorkerPool:
         self.todo, self.results = spawn.Queue(), spawn.Queue()
         self.processes = [spawn.Process(target=worker, name=f"sweeplab-worker-{i}",
                                         args=(self.todo, self.results,
-                                              console_logging(job_logging)))
+                                              console_logging(job_logging), os.getpid()))
                           for i in range(n_workers)]
         for process in self.processes:
             process.start()
+        self.closed = False
 
     def close(self) -> None:
         """Workers finish what they hold and exit (also when no batch ever came)."""
+        if self.closed:
+            return
+        self.closed = True
         for _ in self.processes:
             self.todo.put(None)
         for process in self.processes:
@@ -414,7 +407,8 @@ class WorkerPool:
         for item in enumerate(works):
             self.todo.put(item)
         for _ in self.processes:
-            self.todo.put(None)
+            self.todo.put(None)  # each worker exits once the chunks are taken
+        self.closed = True
         held: Dict[int, int] = {}  # chunk index -> pid of the worker training it
         pending = set(range(len(works)))
 
