@@ -5,7 +5,7 @@ before TensorFlow loads. The training code of each task is in its own module:
 `runner.tasks.image` and `runner.tasks.language_model`.
 """
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import List, Mapping, Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -45,3 +45,17 @@ def supports(cfg) -> Optional[str]:
         return (f"model {cfg.model.name!r} has dropout/normalisation layers whose random draws "
                 f"would differ from a solo run: it trains one per graph")
     return None
+
+
+def run_group(cfgs: Sequence, contexts: Sequence) -> List[float]:
+    """Train validated jobs that may share one graph (or a single job); each job's objective.
+
+    The one entry point into training, for the CLI's job and the launcher's groups alike.
+    """
+    # Imported here, after validation, so that `--help` and a bad value answer in a second
+    # instead of waiting for TensorFlow to load.
+    if spec_for(cfgs[0].model) is LANGUAGE_MODEL:
+        from runner.tasks import language_model as task
+    else:
+        from runner.tasks import image as task
+    return task.run_group(cfgs, contexts)

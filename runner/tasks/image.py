@@ -166,6 +166,10 @@ def run(cfg, job: JobContext) -> float:
     return run_variants([cfg], [job])[0]
 
 
+def run_group(cfgs: Sequence, contexts: Sequence[JobContext]) -> List[float]:
+    return run_variants(cfgs, contexts)
+
+
 def run_variants(cfgs: Sequence, contexts: Sequence[JobContext]) -> List[float]:
     """Train jobs that share dataset, seed, model and train settings side by side.
 

@@ -183,6 +183,11 @@ def run(cfg, job: JobContext) -> float:
     return float("inf") if diverged_at is not None or not valid_ppl else valid_ppl[-1][1]
 
 
+def run_group(cfgs, contexts):
+    """The language model trains one job per graph (runner.tasks.supports says why)."""
+    return [run(cfg, context) for cfg, context in zip(cfgs, contexts)]
+
+
 def fit(cfg, plan: Plan, train_steps, variant, resettable, valid, tracked, watch):
     """Epochs of engine calls, a validation pass after each; stop at the first NaN/Inf step.
 
