@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 
 from runner import store
 from runner.outbox import Outbox, one_line
+from runner.tags import REPLICATE
 # Where the store is: re-exported, callers have always found these here.
 from runner.store import artifact_location, experiment_id, tracking_uri  # noqa: F401
 
@@ -86,6 +87,16 @@ def config_hash(cfg) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def replicate_hash(cfg) -> str:
+    """Names a job's replicate group: its config minus `seed` (and `mlflow.*`). Runs that
+    share it repeat one config with different seeds: the report's statistics pool them."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("mlflow", None)
+    resolved.pop("seed", None)
+    text = json.dumps(resolved, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 # ---------------------------------------------------------------- one job's run
 
 @dataclass(frozen=True)
@@ -124,7 +135,8 @@ class TrackedRun:
         self.staging = tempfile.mkdtemp(prefix="sweeplab-run-")
         overrides = list(self.job.overrides)
         tags = {"sweeplab.overrides": " ".join(overrides) or "(none)", "outcome": "running",
-                CONFIG_HASH_TAG: config_hash(self.cfg), store.HEARTBEAT_TAG: str(int(time.time())),
+                CONFIG_HASH_TAG: config_hash(self.cfg), REPLICATE: replicate_hash(self.cfg),
+                store.HEARTBEAT_TAG: str(int(time.time())),
                 **self.tags, **(self.job.extra_tags or {})}
         if self.job.parent_run_id:
             tags["mlflow.parentRunId"] = self.job.parent_run_id

@@ -14,10 +14,14 @@ class TaskSpec:
     # The metric a run is judged on: its last value is what the task returns to Hydra (a
     # sweeper minimises it), and a sweep's report ranks by it unless told otherwise.
     objective: str
+    # What a sweep's report ranks configs by: a metric every child run logs, chosen to be less
+    # noisy than one evaluation (the image task's val_loss is a 100-example window).
+    ranking: str
 
 
-IMAGE = TaskSpec("image_classification", objective="val_loss")
-LANGUAGE_MODEL = TaskSpec("language_model", objective="valid_perplexity")
+IMAGE = TaskSpec("image_classification", objective="val_loss", ranking="val_loss_tail")
+LANGUAGE_MODEL = TaskSpec("language_model", objective="valid_perplexity",
+                          ranking="valid_perplexity")
 TASKS = {spec.name: spec for spec in (IMAGE, LANGUAGE_MODEL)}
 TAG_TASK = "sweeplab.task"
 

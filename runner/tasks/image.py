@@ -285,6 +285,18 @@ def fit(train_cfg, plan_: Plan, train_steps, evaluate, jobs: List[Job], val,
                          interval.series["lr"][-1])
 
 
+# The report ranks configs by the mean of the last TAIL_EVALS validation losses
+# (`val_loss_tail`): ten 100-example windows are 1000 digits, one window alone is too noisy.
+TAIL_EVALS = 10
+
+
+def tail_summary(val_loss):
+    """`val_loss_tail`: the mean of the last TAIL_EVALS evaluations' val_loss."""
+    if not val_loss:
+        return {}
+    return {"val_loss_tail": float(np.mean([value for _, value in val_loss[-TAIL_EVALS:]]))}
+
+
 def accuracy_summary(val_acc):
     """Best validation accuracy, its step and final - best: shows 'peaked, then fell'."""
     if not val_acc:
@@ -314,6 +326,7 @@ def finish(job: Job, test, info, watch: Stopwatch, share: int) -> None:
     weights = kernels(job.model)
     final = {**accuracy_summary(job.history["val_acc"]), **weight_summary(weights)}
     if job.alive:
+        final.update(tail_summary(job.history["val_loss"]))
         final["test_loss"], final["test_acc"] = test
         job.log.info("%stest loss %.4f, test acc %.4f", job.label, *test)
     else:
