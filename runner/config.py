@@ -7,7 +7,7 @@ without a traceback. This module imports nothing heavy (no TensorFlow, Keras or 
 CLI can call `validate` before TensorFlow loads: a typo costs a second, not ten.
 
 Each closed set of option names is defined once, below; schema comments refer to it, the
-checks use it, and tests/test_option_sets.py holds every dispatch dict (CLIPPERS, OPTIMIZERS,
+checks use it, and tests/test_option_sets.py holds every dispatch table (clipping.MODES, optim.RULES,
 models.MODELS, ...) to it.
 
 Groups whose options are variants of one thing (optimizer, clipping, regularizer,

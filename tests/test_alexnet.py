@@ -17,7 +17,7 @@ from models.alexnet import LocalResponseNorm
 from runner import data
 from runner.config import (ALEXNET_MIN_INPUT_SIZE, ALEXNET_NORMS, ConfigError,
                            alexnet_pool5_side, validate)
-from runner.loop import seed_everything
+from runner.engine import seed_everything
 from runner.tasks.image import loss_fn
 
 INFO = data.DataInfo(input_shape=(28, 28, 1), num_classes=10, source="test")

@@ -421,7 +421,7 @@ def test_validate_runs_before_tensorflow_loads(tmp_path):
         "        validate(compose('config', overrides=['optimizer.lr=inf']))\n"
         "    except ConfigError as err:\n"
         "        print('rejected', err)\n"
-        "heavy = sorted(m for m in ('tensorflow', 'keras', 'models', 'runner.loop', 'runner.tasks.image') "
+        "heavy = sorted(m for m in ('tensorflow', 'keras', 'models', 'runner.engine', 'runner.tasks.image') "
         "if m in sys.modules)\n"
         "print('heavy', heavy)\n"
     )

@@ -26,7 +26,7 @@ from hydra.types import HydraContext
 from omegaconf import OmegaConf, open_dict
 
 from hydra_plugins.sweeplab_launcher._plan import Chunk, plan_chunks
-from runner import cli, progress, signals
+from runner import cli, progress, signals, tasks
 from runner.config import ConfigError, validate
 from runner.tracking import JobContext, Stopped, recorded_run
 
@@ -283,8 +283,7 @@ def run_work(work: Work) -> list:
                 logging.getLogger(context.logger_name).info(
                     "stacked: %d jobs (%s) train in one graph", len(contexts), nums)
             # TensorFlow loads here, not in a launcher process that only hands out chunks.
-            from runner.tasks import image
-            return image.run_variants(cfgs, contexts)
+            return tasks.run_group(cfgs, contexts)
         except ConfigError as err:
             return [Rejected(str(err))] * len(cfgs)
         except Stopped as stop:  # SIGINT/SIGTERM: the chunk's runs are closed KILLED
