@@ -1,9 +1,10 @@
 """Metric values into a SQL tracking store in one statement, instead of one ORM object each.
 
-Why: MLflow's SqlAlchemyStore.log_batch builds an ORM object per metric value (~0.12 ms each
-on this project's 2-core machines), so a 1000-step run's ~8,200 values cost ~1 s of CPU and a
-16-job sweep 16-20 s, in threads that share the cores with training. Here the same rows go
-into MLflow's own tables with one executemany (a few µs per value), and the run's
+Why: MLflow's SqlAlchemyStore.log_batch builds an ORM object per metric value (0.08-0.12 ms
+of CPU each on this project's 2-core machines), so a 1000-step run's ~8,200 values cost up to
+~1 s of CPU and a 16-job sweep 16-20 s, in threads that share the cores with training. Here
+the same rows go into MLflow's own tables with one executemany (~0.013 ms per value, 6x less
+in the same measurement: docs/speed.md), and the run's
 `latest_metrics` rows are updated the way MLflow updates them (the newest by step, then
 timestamp, then value). The result reads back through MlflowClient exactly as if log_batch had
 written it (tests/test_tracking_bulk.py).
