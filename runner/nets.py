@@ -127,8 +127,17 @@ class StackedNet:
                 # Jobs side by side along the output channels; when each job reads its own
                 # input channels, this is a grouped convolution with N groups.
                 filters = tf.reshape(tf.transpose(kernel, [1, 2, 3, 0, 4]), [kh, kw, cin, n * cout])
-                x = tf.nn.conv2d(x, filters, strides=layer.strides, padding=layer.padding.upper(),
-                                 dilations=layer.dilation_rate)
+                if cin == 1 and x.shape[-1] == n and n > 1:
+                    # One input channel per job: the grouped convolution is a depthwise one
+                    # (channel multiplier cout, same job-major output order), which TF runs
+                    # several times faster on CPU.
+                    x = tf.nn.depthwise_conv2d(x, tf.reshape(filters, [kh, kw, n, cout]),
+                                               strides=[1, *layer.strides, 1],
+                                               padding=layer.padding.upper(),
+                                               dilations=layer.dilation_rate)
+                else:
+                    x = tf.nn.conv2d(x, filters, strides=layer.strides,
+                                     padding=layer.padding.upper(), dilations=layer.dilation_rate)
                 if layer.use_bias:
                     x = tf.nn.bias_add(x, tf.reshape(self._weight(layer.bias), [n * cout]))
                 x, layout = layer.activation(x), "channels"
