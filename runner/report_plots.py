@@ -253,7 +253,7 @@ def sweep_map(records: Sequence[JobRecord], metric: str) -> Figure:
         fig.suptitle(_wrap(_map_title(metric, cells, replicated).replace("outlined", "ringed")
                            if config_axes(records) else f"{metric} per run ({spec.direction})",
                            width), fontsize=9.5)
-        fig.legend(handles=_legend_handles(records, cells, ring=True),
+        fig.legend(handles=_legend_handles(cells, ring=True),
                    loc="outside lower center", ncols=2, fontsize=8.5, frameon=False)
         return fig
     groups = facets(cells, extra)
@@ -283,15 +283,15 @@ def sweep_map(records: Sequence[JobRecord], metric: str) -> Figure:
             _fmt(v) for v in np.geomspace(norm.vmin, norm.vmax, 5)])
         bar.ax.minorticks_off()
     fig.suptitle(_wrap(_map_title(metric, cells, replicated), width), fontsize=9.5)
-    fig.legend(handles=_legend_handles(records, cells), loc="outside lower center",
+    fig.legend(handles=_legend_handles(cells), loc="outside lower center",
                ncols=2, fontsize=8.5, frameon=False)
     return fig
 
 
-def _legend_handles(records: Sequence[JobRecord], cells: Sequence[Cell],
-                    ring: bool = False) -> List:
-    """What each mark means: best, tied (with the test named), untestable, the failures."""
-    outcomes = {r.outcome for r in records}
+def _legend_handles(cells: Sequence[Cell], ring: bool = False) -> List:
+    """What each mark means: best, tied (with the test named), untestable, the failures
+    (hatches and fills belong to cells whose runs all ended one way)."""
+    outcomes = {c.jobs[0].outcome for c in cells if len({j.outcome for j in c.jobs}) == 1}
     best = "best config: best mean\namong configs with n ≥ 2" if replicates(cells) > 1 else \
         "best"
     handles: List = [Line2D([], [], marker="o", ms=11, mfc="none", mec="black", mew=2.5,

@@ -37,8 +37,8 @@ _WINDOW = "one evaluation is a window of {eval_size} validation examples"
 # metric (runner.tasks.TaskSpec.ranking) when its runs logged it, else the first one logged.
 METRICS: Dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("val_loss_tail", False, "val_loss",
-               "the mean of the last 10 evaluations' val_loss (all, if fewer), ten windows of {eval_size} "
-               "validation examples: one window alone is too noisy to rank configs by"),
+               "the mean of the last 10 evaluations' val_loss (all, if fewer), ten windows of "
+               "{eval_size} validation examples: one window alone is too noisy to rank by"),
     MetricSpec("val_loss", False, "val_loss", "the last evaluation's val_loss; " + _WINDOW),
     MetricSpec("test_acc", True, "val_acc", "accuracy on the test split, once at the end"),
     MetricSpec("val_acc", True, "val_acc", "the last evaluation's accuracy; " + _WINDOW),

@@ -616,6 +616,39 @@ def test_a_sweep_over_seeds_alone_shows_each_seed_and_their_mean():
     report_plots.sweep_curves(jobs, "val_loss_tail")  # draws: one line per seed
 
 
+@pytest.mark.slow  # about 40 s on 2 busy cores: four real LeNet jobs
+def test_a_real_two_seed_sweep_reports_its_configs(tmp_path, capsys, monkeypatch):
+    """`python -m runner -m experiment=lenet_clip seed=0,1`: 2 configs x 2 seeds, tiny budget;
+    the report the sweep logs pools the seeds of each config (same seeds: paired)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    started = time.monotonic()
+    done = run_cli(["-m", "experiment=lenet_clip", "seed=0,1", *TINY], tmp_path, store)
+    assert done.returncode == 0, done.stderr[-3000:]
+    print(f"4-job sweep in {time.monotonic() - started:.1f} s")
+    client = MlflowClient(tracking_uri=store)
+    parent = next(r for r in client.search_runs(
+        [client.get_experiment_by_name("sweeplab").experiment_id],
+        "tags.`sweeplab.role` = 'sweep'"))
+    records = report.collect(client, parent.info.run_id)
+    assert len(records) == 4 and len({r.tags[REPLICATE] for r in records}) == 2
+    folder = parent.info.artifact_uri.removeprefix("file://")
+    with open(os.path.join(folder, "report", "summary.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))  # logged by the sweep itself, at its end
+    assert [r["clipping.name"] for r in rows] != [] and len(rows) == 2
+    assert {r["n"] for r in rows} == {"2"} and rows[0]["best"] == "true"
+    for row in rows:
+        tails = [r.value(row["metric"]) for r in records
+                 if r.params["clipping.name"] == row["clipping.name"]]
+        assert float(row["mean"]) == pytest.approx(np.mean(tails), rel=1e-9)
+    if rows[1]["tied_with_best"] != "untestable":  # both seeds finite in both configs
+        assert rows[1]["test"] == "paired t-test"
+    assert report.main([parent.info.run_id, "--tracking-uri", store]) == 0
+    out = capsys.readouterr().out
+    print(out)
+    assert "val_loss_tail (lower is better) per config, best first" in out
+
+
 # ---------------------------------------------------------------- `sweeplab report`
 
 @pytest.fixture
