@@ -30,7 +30,7 @@ from rich.table import Table
 from runner import outcome, report_plots, stats, tags
 from runner.config import ConfigError
 from runner.results import (CURVES, METRICS, SEED, SUMMARY_STATS, Cell, JobRecord, best_first,
-                            best_step, config_axes, configs, default_metric, ranked,
+                            best_step, config_axes, configs, default_metric, is_number, ranked,
                             replicates, summary_rows, swept_axes)
 
 # Kept under their old names for the modules that import them from here.
@@ -116,9 +116,13 @@ def _headline(parent: Run, records: Sequence[JobRecord], metric: str) -> List[st
         counts[record.outcome] = counts.get(record.outcome, 0) + 1
     axes = swept_axes(records)
     spec = METRICS[metric]
-    sizes = sorted({r.params.get("train.eval_size", "") for r in records} - {""}, key=float)
-    about = spec.about.format(eval_size="/".join(sizes) or "train.eval_size")
-    seeds = sorted({r.params.get(SEED, "") for r in records} - {""}, key=float)
+    def values(key: str) -> List[str]:  # numbers ascending, anything else after them
+        found = {r.params.get(key, "") for r in records} - {""}
+        return sorted(found, key=lambda v: (0, float(v), v) if is_number(v) else (1, 0.0, v))
+
+    about = spec.about.format(eval_size="/".join(values("train.eval_size")) or
+                              "train.eval_size")
+    seeds = values(SEED)
     return [f"sweep run {parent.info.run_id} (experiment {parent.info.experiment_id}): "
             f"{parent.data.tags.get(tags.OVERRIDES) or '(defaults)'}",
             f"jobs: {len(records)} ({', '.join(f'{n} {o}' for o, n in counts.items())}); "

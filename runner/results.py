@@ -95,7 +95,7 @@ def default_metric(records: Sequence[JobRecord]) -> Optional[str]:
 
 # ---------------------------------------------------------------- swept axes
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         return math.isfinite(float(text))
     except (TypeError, ValueError):
@@ -103,7 +103,7 @@ def _is_number(text: str) -> bool:
 
 
 def is_numeric(records: Sequence[JobRecord], axis: str) -> bool:
-    return axis != RUN_AXIS and all(_is_number(r.axis_value(axis)) for r in records)
+    return axis != RUN_AXIS and all(is_number(r.axis_value(axis)) for r in records)
 
 
 def axis_values(records: Sequence[JobRecord], axis: str) -> List[str]:

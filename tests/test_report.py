@@ -29,7 +29,7 @@ from conftest import ROOT, TINY, compose_cfg, run_cli
 from runner import report, report_plots, stats
 from runner.results import (JobRecord, axis_values, config_axes, configs, default_metric,
                             facets, grid, map_axes, map_cells, ranked, replicate_groups,
-                            swept_axes)
+                            summary_rows, swept_axes)
 from runner.tags import REPLICATE
 from runner.tracking import flatten, replicate_hash
 
@@ -484,6 +484,11 @@ def test_summary_csv_is_scipy_over_each_configs_seeds(replicated):
     assert {r["tied_with_best"] for r in rows} == {"", "true", "false", "untestable"}
     assert {r["test"] for r in rows} == {"", "paired t-test", "Welch t-test"}
     assert any(r["diverged"] == "4" and r["n"] == "1" for r in rows)  # 1 of 5 survived
+    # Higher is better for accuracy: the best is the highest mean, listed first.
+    by_acc = summary_rows(configs(replicated["records"], "test_acc"), ["optimizer.lr"])
+    means = [r["mean"] for r in by_acc if r["n"] >= 2]
+    assert by_acc[0]["best"] == "true" and by_acc[0]["mean"] == max(means)
+    assert means == sorted(means, reverse=True)
 
 
 def test_replicated_map_marks_the_best_and_its_ties(replicated):
