@@ -299,7 +299,8 @@ def _legend_handles(cells: Sequence[Cell], ring: bool = False) -> List:
                      Patch(facecolor="white", edgecolor="black", lw=2.5, label=best)]
     verdicts = {c.verdict.verdict for c in cells}
     if replicates(cells) > 1:
-        handles.append(Line2D([], [], label=tied_label(), **TIED_MARK))
+        none = "" if stats.TIED in verdicts else "\n(none here)"
+        handles.append(Line2D([], [], label=tied_label() + none, **TIED_MARK))
     if replicates(cells) > 1 and any(0 < c.summary.n < stats.MIN_N for c in cells):
         handles.append(Patch(facecolor="white", edgecolor="none",
                              label="n=1: one finite run: untestable\n(not tied, not different)"))
