@@ -224,8 +224,9 @@ class MLflowConfig:
 
 @dataclass
 class ReportConfig:
-    # The sweep report's metric (map colour, best-first order): null = val_loss, or
-    # valid_perplexity for the language model. One of runner.results.METRICS.
+    # The sweep report's metric (map colour, best-first order): null = the task's ranking
+    # metric (val_loss_tail: the mean of the last 10 evaluations; valid_perplexity for the
+    # language model). One of runner.results.METRICS.
     metric: Optional[str] = None
 
 

@@ -199,7 +199,7 @@ class SweepCallback(Callback):
                  f"({one_line(err)}); check that store, or use another one, e.g. "
                  f"mlflow.tracking_uri=sqlite:///{os.path.abspath('outputs/mlflow.db')}")
         _open_sweep = OpenSweep(client, uri, parent_id, sweep_dir,
-                                config.report.metric or spec_for(config.model).objective)
+                                config.report.metric or spec_for(config.model).ranking)
         clear_rejections(sweep_dir)
         save_sweep_file(sweep_dir, {
             "parent_run_id": parent_id, "tracking_uri": uri,
