@@ -152,6 +152,36 @@ def replicate_note(cells: Sequence[Cell]) -> List[str]:
             f"seeds narrow the intervals (docs/replicates.md)."]
 
 
+def answer(cells: Sequence[Cell], axes: Sequence[str], metric: str) -> List[str]:
+    """The sweep's answer in words: the best config and the configs that cannot be told apart
+    from it (with one seed per config: the lowest single runs, said to be anecdotes)."""
+    ranked = [c for c in best_first(cells) if math.isfinite(c.summary.mean)]
+    if not ranked:
+        return [f"answer: no config has a finite {metric}"]
+
+    def name(cell: Cell) -> str:
+        return ", ".join(f"{a}={cell.axis_value(a)}" for a in axes) or "the config"
+
+    def value(cell: Cell) -> str:
+        s = cell.summary
+        spread = f" ± {_number(s.half_width)}" if s.n > 1 and math.isfinite(s.half_width) else ""
+        return f"{metric} {_number(s.mean)}{spread}, n={s.n}"
+
+    if replicates(cells) <= 1:
+        return [f"answer (one seed: an anecdote, not a ranking): lowest {name(ranked[0])} "
+                f"({value(ranked[0])}); next {', '.join(name(c) for c in ranked[1:3]) or '-'}"]
+    best = [c for c in ranked if c.verdict.verdict == stats.BEST]
+    tied = [c for c in ranked if c.verdict.verdict == stats.TIED]
+    lines = [f"answer: best {name(c)} ({value(c)})" for c in best[:1]]
+    if tied:
+        lines.append(f"        cannot be told apart from it at these seeds ({len(tied)}): "
+                     + "; ".join(f"{name(c)} ({value(c)})" for c in tied))
+    elif best:
+        lines.append("        every other config differs from it (Holm-corrected, α = "
+                     f"{stats.ALPHA:g})")
+    return lines or [f"answer: no config has n >= {stats.MIN_N}; add seeds ({ADD_SEEDS})"]
+
+
 def _number(value: float) -> str:
     return f"{value:.4g}" if math.isfinite(value) else "-"
 
@@ -514,6 +544,8 @@ def main(argv: Sequence[str]) -> int:
     for line in _headline(parent, records, metric):
         console.print(line, highlight=False, soft_wrap=True)
     print_table(records, metric, console, cells)
+    for line in answer(cells, config_axes(records), metric):
+        console.print(line, highlight=False, soft_wrap=True)
     for line in replicate_note(cells):
         console.print(line, highlight=False, soft_wrap=True)
     for name in (MAP_PNG, SUMMARY_CSV, HTML_FILE):

@@ -565,6 +565,18 @@ def test_replicated_report_files_and_terminal(replicated, capsys, monkeypatch):
         verdict = cells[-1]
         assert verdict.split(" ")[0] == {"": "best", "true": "tied", "false": "differs",
                                          "untestable": "untestable"}[row["tied_with_best"]]
+    # The answer in words: the best row's config, then every tied row's config.
+    best = next(r for r in rows if r["best"] == "true")
+    answer = [line for line in out.splitlines() if line.startswith("answer: best ")]
+    assert len(answer) == 1
+    assert f"optimizer.lr={best['optimizer.lr']}, clipping.name={best['clipping.name']} " in \
+        answer[0]
+    tied = [r for r in rows if r["tied_with_best"] == "true"]
+    apart = [line for line in out.splitlines() if "cannot be told apart from it" in line]
+    assert (f"({len(tied)})" in apart[0]) if tied else not apart
+    for row in tied:
+        assert f"optimizer.lr={row['optimizer.lr']}, clipping.name={row['clipping.name']} " in \
+            apart[0]
     text = (replicated["where"].local_dir and open(os.path.join(
         replicated["where"].local_dir, "report.md"), encoding="utf-8").read())
     assert "## Configs, best first" in text and "(summary.csv)" in text
