@@ -16,13 +16,18 @@ lr_schedule, dataset) share one schema, so a sweep such as
 Models differ in shape, so each model option has its own schema (MODEL_SCHEMAS).
 """
 import dataclasses
+import importlib
+import inspect
 import math
+import os
+import sys
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import MISSING, OmegaConf
 
 from runner.results import METRICS
 
@@ -33,10 +38,12 @@ class ConfigError(ValueError):
 
 # ---------------------------------------------------------------- closed option sets
 
-DATASETS = ("mnist", "mnist_5k", "fashion_mnist", "ptb")
+DATASETS = ("mnist", "mnist_5k", "fashion_mnist", "ptb", "custom")
 TEXT_DATASETS = ("ptb",)  # word sequences; the others are 28x28 images
 IMAGE_DATASETS = tuple(name for name in DATASETS if name not in TEXT_DATASETS)
 TEXT_MODELS = ("lstm_lm",)  # the model names of MODEL_SCHEMAS (below) that read text
+# The option of the model and dataset groups that calls the user's own code (docs/your-model.md).
+CUSTOM = "custom"
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 CLIPPING_MODES = ("none", "value", "norm", "global_norm")
 REGULARIZERS = ("none", "l2", "l1")
@@ -87,6 +94,31 @@ class DatasetConfig:
     test_fraction: float = 0.2
     # Pixels are divided by this (255 maps to [0, 1]; seed 002 divides raw pixels by 50).
     input_divisor: float = 255.0
+
+
+@dataclass
+class CustomDatasetConfig:
+    # The user's arrays (docs/your-model.md): `loader` names a function that returns
+    # (x_train, y_train, x_test, y_test) as NumPy arrays, inputs as the model takes them
+    # (no input_divisor) and integer class labels 0..num_classes-1.
+    name: str = CUSTOM
+    loader: str = MISSING  # "module:function", imported from the working directory or PYTHONPATH
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to the loader as keywords
+    val_fraction: float = 0.1
+    # Used only when the loader returns None for x_test and y_test.
+    test_fraction: float = 0.2
+    # null = 1 + the largest label; set it when some class has no example in the arrays.
+    num_classes: Optional[int] = None
+
+
+@dataclass
+class CustomModelConfig:
+    # The user's Keras model (docs/your-model.md): `factory` names a function called as
+    # factory(input_shape=..., num_classes=..., **kwargs) that returns a keras.Model whose
+    # outputs are logits [batch, num_classes].
+    name: str = CUSTOM
+    factory: str = MISSING  # "module:function", imported from the working directory or PYTHONPATH
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # `++model.kwargs.width=64` adds one
 
 
 @dataclass
@@ -231,7 +263,7 @@ class ReportConfig:
 
 @dataclass
 class Config:
-    dataset: DatasetConfig = MISSING
+    dataset: Any = MISSING  # DatasetConfig, or DATASET_SCHEMAS[dataset.name]
     model: Any = MISSING  # one of MODEL_SCHEMAS, picked by model.name
     optimizer: OptimizerConfig = MISSING
     clipping: ClippingConfig = MISSING
@@ -246,9 +278,15 @@ class Config:
 
 # The closed set of model names (`model.name`): each with its own schema.
 MODEL_SCHEMAS = {"lenet": LeNetConfig, "mlp": MLPConfig, "alexnet": AlexNetConfig,
-                 "lstm_lm": LSTMLMConfig}
+                 "lstm_lm": LSTMLMConfig, CUSTOM: CustomModelConfig}
 MODELS = tuple(MODEL_SCHEMAS)
 IMAGE_MODELS = tuple(name for name in MODELS if name not in TEXT_MODELS)
+# Datasets whose keys differ from DatasetConfig's; every other dataset option shares that one.
+DATASET_SCHEMAS = {CUSTOM: CustomDatasetConfig}
+
+
+def dataset_schema(name: str):
+    return DATASET_SCHEMAS.get(name, DatasetConfig)
 
 
 def register_configs() -> None:
@@ -263,6 +301,8 @@ def register_configs() -> None:
         ("lr_schedule", LRScheduleConfig),
     ]:
         cs.store(group=f"schema/{group}", name="base", node=schema)
+    for name, schema in DATASET_SCHEMAS.items():
+        cs.store(group="schema/dataset", name=name, node=schema)
     for name, schema in MODEL_SCHEMAS.items():
         cs.store(group="schema/model", name=name, node=schema)
 
@@ -321,6 +361,8 @@ def _check_keys(node, schema, prefix: str) -> None:
                  f"remove it or check the spelling — valid {where}: "
                  f"{', '.join(sorted(fields))}")
     for key, kind in fields.items():
+        if OmegaConf.is_missing(node, key):  # `???`: validate says how to set it
+            continue
         _require(key in node, f"{prefix}{key}", "missing (deleted with '~')",
                  f"drop the ~{prefix}{key} override")
         if dataclasses.is_dataclass(kind):
@@ -330,15 +372,137 @@ def _check_keys(node, schema, prefix: str) -> None:
 def check_known_keys(cfg) -> None:
     """Hydra adds `+typo=1` and `+train.foo=1` without complaint: reject what no schema has."""
     _check_keys(cfg, Config, "")
+    _check_keys(cfg.dataset, dataset_schema(cfg.dataset.name), "dataset.")
     schema = MODEL_SCHEMAS.get(cfg.model.name)
     if schema is not None:  # an unknown model.name is reported by validate_model
         _check_keys(cfg.model, schema, "model.")
+
+
+# ---------------------------------------------------------------- the user's code
+
+# What a missing or malformed `module:function` is told to look like.
+USER_CODE_EXAMPLES = {
+    "model.factory": "model.factory=my_model:build (def build(input_shape, num_classes) in "
+                     "./my_model.py, returning a keras.Model with logits)",
+    "dataset.loader": "dataset.loader=my_data:load (def load() in ./my_data.py, returning "
+                      "x_train, y_train, x_test, y_test)",
+}
+
+
+def _example(option: str) -> str:
+    return USER_CODE_EXAMPLES.get(option, f"{option}=module:function")
+
+
+def user_code_dirs() -> List[str]:
+    """Where a user's module is looked for besides PYTHONPATH: the folder the command was
+    started in (`python -m runner` has it on sys.path, the `sweeplab` script does not)."""
+    dirs = [os.getcwd()]
+    if HydraConfig.initialized():  # hydra.job.chdir=true moves the job: keep the user's folder
+        dirs.insert(0, HydraConfig.get().runtime.cwd)
+    return dirs
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, SyntaxError):
+        return f"SyntaxError: {err.msg} ({err.filename}, line {err.lineno})"
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def import_target(path: str, option: str) -> Callable:
+    """The function that `path` ("module:function") names, its module imported from the user's
+    folder or PYTHONPATH; a ConfigError naming `option` if it cannot be found or called.
+
+    Imports the module but calls nothing: the check costs what the import costs.
+    """
+    module_name, _, attr = str(path).partition(":")
+    _require(bool(module_name) and bool(attr) and ":" not in attr, option,
+             f"{path!r} is not module:function", f"e.g. {_example(option)}")
+    for folder in user_code_dirs():
+        if folder not in sys.path:
+            sys.path.append(folder)  # after sweeplab's own packages: a user's file shadows none
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
+            raise ConfigError(
+                f"{option}: no module {err.name!r} in {user_code_dirs()[0]} or on PYTHONPATH; run "
+                f"from the folder that holds {module_name.replace('.', '/')}.py or add that "
+                f"folder to PYTHONPATH") from None
+        raise ConfigError(f"{option}: importing {module_name} failed ({_one_line(err)}); "
+                          f"install what it imports") from None
+    except Exception as err:  # the module itself is broken: its error, in one line
+        raise ConfigError(f"{option}: importing {module_name} raised {_one_line(err)}; fix "
+                          f"{getattr(err, 'filename', None) or module_name}") from None
+    target = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            functions = sorted(name for name, value in vars(module).items()
+                               if inspect.isfunction(value) and not name.startswith("_")
+                               and value.__module__ == module.__name__)
+            raise ConfigError(f"{option}: module {module_name} ({getattr(module, '__file__', '?')})"
+                              f" has no {attr!r}; its functions: {', '.join(functions) or 'none'}")
+        target = getattr(target, part)
+    _require(callable(target), option, f"{path} is a {type(target).__name__}, not a function",
+             f"name a function, e.g. {_example(option)}")
+    return target
+
+
+def _takes(signature: inspect.Signature, name: str) -> bool:
+    return name in signature.parameters or any(
+        p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+
+
+def check_call(fn: Callable, path: str, option: str, kwargs_option: str, required=(),
+               kwargs=None) -> None:
+    """`fn` (named `path` by `option`) can be called with the keywords `required` (sweeplab's)
+    and `kwargs` (the user's, from `kwargs_option`); checked on the signature, nothing runs."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: the call will tell
+        return
+    for name in required:
+        _require(_takes(signature, name), option, f"{path}{signature} takes no {name!r}",
+                 f"sweeplab calls it as {path.partition(':')[2]}("
+                 f"{', '.join(f'{n}=...' for n in required)}, **{kwargs_option})")
+    try:
+        signature.bind(**{name: None for name in required}, **(kwargs or {}))
+    except TypeError as err:
+        given = ", ".join([*required, *(kwargs or {})]) or "no arguments"
+        raise ConfigError(f"{kwargs_option}: {path}{signature} {err} (called with {given}); "
+                          f"add a keyword with ++{kwargs_option}.NAME=VALUE, drop one with "
+                          f"~{kwargs_option}.NAME") from None
+
+
+def user_kwargs(node) -> Dict[str, Any]:
+    """`model.kwargs` / `dataset.kwargs` as plain Python values for the user's function."""
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+
+
+def _validate_user_code(cfg, key: str, group: str, required=()) -> None:
+    """`{group}.{key}` is set and names a function that takes `required` and `{group}.kwargs`."""
+    option = f"{group}.{key}"
+    _require(not OmegaConf.is_missing(cfg, key), option,
+             f"not set ({group}={CUSTOM} calls your own function)", f"e.g. {_example(option)}")
+    fn = import_target(cfg[key], option)
+    check_call(fn, cfg[key], option, f"{group}.kwargs", required, user_kwargs(cfg.kwargs))
+
+
+def _validate_custom_dataset(cfg) -> None:
+    _within(cfg.val_fraction, "dataset.val_fraction", 0, 1, 0.1, closed=(False, False))
+    _within(cfg.test_fraction, "dataset.test_fraction", 0, 1, 0.2, closed=(False, False))
+    _require(cfg.num_classes is None or cfg.num_classes >= 2, "dataset.num_classes",
+             f"must be >= 2 or null, got {cfg.num_classes}", "e.g. dataset.num_classes=10")
+    _validate_user_code(cfg, "loader", "dataset")
 
 
 # ---------------------------------------------------------------- value checks per group
 
 def validate_dataset(cfg) -> None:
     _one_of(cfg.name, "dataset.name", DATASETS)
+    if cfg.name == CUSTOM:
+        _validate_custom_dataset(cfg)
+        return
     if cfg.name in TEXT_DATASETS:
         _require(bool(cfg.data_dir), "dataset.data_dir",
                  f"not set, dataset={cfg.name} has no default location", PTB_WHERE)
@@ -386,6 +550,9 @@ def validate_model(cfg) -> None:
     _one_of(cfg.name, "model.name", MODELS)
     if cfg.name in TEXT_MODELS:
         _validate_lstm(cfg)
+        return
+    if cfg.name == CUSTOM:
+        _validate_user_code(cfg, "factory", "model", required=("input_shape", "num_classes"))
         return
     _validate_init(cfg)
     if cfg.name == "mlp":
