@@ -488,6 +488,26 @@ def _validate_user_code(cfg, key: str, group: str, required=()) -> None:
     check_call(fn, cfg[key], option, f"{group}.kwargs", required, user_kwargs(cfg.kwargs))
 
 
+def check_option_files() -> None:
+    """A user's option file (--config-dir, hydra.searchpath) that has the name of one of
+    sweeplab's is never read: Hydra reads sweeplab's conf/ first. Picking it is an error."""
+    if not HydraConfig.initialized():
+        return
+    runtime = HydraConfig.get().runtime
+    sources = [s for s in runtime.config_sources if s.schema == "file"]
+    main = [s.path for s in sources if s.provider == "main"]
+    for group, choice in runtime.choices.items():
+        if choice is None or not main or group.startswith("hydra"):
+            continue
+        ours = os.path.join(main[0], group, f"{choice}.yaml")
+        for source in sources:
+            theirs = os.path.join(source.path, group, f"{choice}.yaml")
+            _require(source.provider == "main" or not os.path.isfile(ours)
+                     or not os.path.isfile(theirs), f"{group}={choice}",
+                     f"sweeplab has its own {group}/{choice}.yaml, which Hydra reads instead of "
+                     f"{theirs}", f"rename yours, e.g. {group}=my_{choice}")
+
+
 def _validate_custom_dataset(cfg) -> None:
     _within(cfg.val_fraction, "dataset.val_fraction", 0, 1, 0.1, closed=(False, False))
     _within(cfg.test_fraction, "dataset.test_fraction", 0, 1, 0.2, closed=(False, False))
@@ -685,6 +705,7 @@ def validate(cfg) -> None:
     Order: keys first (a typo may explain the rest), then the names that pick code, then
     whether model and dataset fit (before dataset=ptb asks for its data_dir), then values.
     """
+    check_option_files()
     check_known_keys(cfg)
     _one_of(cfg.dataset.name, "dataset.name", DATASETS)
     _one_of(cfg.model.name, "model.name", MODELS)
