@@ -99,6 +99,22 @@ def test_the_example_sweeps_from_its_own_folder(project, store):
     assert resume.returncode == 0 and "nothing to resume" in resume.stdout, resume.stderr
 
 
+def test_the_stacked_launcher_trains_custom_jobs_in_its_workers(project, store):
+    # Its worker processes import the user's modules from the same folder. Whether custom
+    # jobs share a graph is runner.tasks.supports' call (today: one per graph).
+    done = run_cli(["-m", "--config-dir", "conf", "experiment=digits_lr_clip",
+                    "hydra/launcher=stacked", "hydra.launcher.n_workers=1", "seed=0",
+                    "optimizer.lr=1.0", *TINY], project, store)
+    assert done.returncode == 0, done.stderr[-3000:]
+    children = children_of(runs_of(store, experiment="digits")[1])
+    assert sorted(r.data.params["clipping.name"] for r in children.values()) == [
+        "global_norm", "none"]
+    for run in children.values():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["sweeplab.launcher"] == "stacked"
+        assert math.isfinite(run.data.metrics["test_acc"])
+
+
 def test_the_sweeplab_script_imports_from_the_working_directory(project, store, tmp_path):
     # Under the console script the cwd is not on sys.path; hydra.searchpath finds conf/.
     script = tmp_path / "bin" / "sweeplab"
