@@ -361,8 +361,10 @@ def _check_keys(node, schema, prefix: str) -> None:
                  f"remove it or check the spelling — valid {where}: "
                  f"{', '.join(sorted(fields))}")
     for key, kind in fields.items():
-        if OmegaConf.is_missing(node, key):  # `???`: validate says how to set it
-            continue
+        if OmegaConf.is_missing(node, key):  # `???`
+            _require(f"{prefix}{key}" in USER_CODE_EXAMPLES, f"{prefix}{key}", "not set (???)",
+                     f"set it, e.g. {prefix}{key}=VALUE")
+            continue  # model.factory, dataset.loader: validate says how to set them
         _require(key in node, f"{prefix}{key}", "missing (deleted with '~')",
                  f"drop the ~{prefix}{key} override")
         if dataclasses.is_dataclass(kind):
@@ -409,6 +411,10 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
+# sweeplab's own top-level packages: a user's module of the same name is never the one imported.
+SWEEPLAB_PACKAGES = ("runner", "models", "hydra_plugins")
+
+
 def import_target(path: str, option: str) -> Callable:
     """The function that `path` ("module:function") names, its module imported from the user's
     folder or PYTHONPATH; a ConfigError naming `option` if it cannot be found or called.
@@ -418,6 +424,9 @@ def import_target(path: str, option: str) -> Callable:
     module_name, _, attr = str(path).partition(":")
     _require(bool(module_name) and bool(attr) and ":" not in attr, option,
              f"{path!r} is not module:function", f"e.g. {_example(option)}")
+    _require(module_name.split(".")[0] not in SWEEPLAB_PACKAGES, option,
+             f"{module_name.split('.')[0]!r} is the name of one of sweeplab's own packages "
+             f"({', '.join(SWEEPLAB_PACKAGES)})", "rename your module, e.g. my_models.py")
     for folder in user_code_dirs():
         if folder not in sys.path:
             sys.path.append(folder)  # after sweeplab's own packages: a user's file shadows none
@@ -443,7 +452,8 @@ def import_target(path: str, option: str) -> Callable:
             raise ConfigError(f"{option}: module {module_name} ({getattr(module, '__file__', '?')})"
                               f" has no {attr!r}; its functions: {', '.join(functions) or 'none'}")
         target = getattr(target, part)
-    _require(callable(target), option, f"{path} is a {type(target).__name__}, not a function",
+    _require(callable(target), option,
+             f"{path} is not a function (it is of type {type(target).__name__})",
              f"name a function, e.g. {_example(option)}")
     return target
 

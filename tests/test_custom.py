@@ -205,12 +205,15 @@ def test_bad_arrays_are_one_line_through_the_cli_and_leave_no_run(tmp_path, stor
     (["model.factory=???"], r"^model\.factory: not set \(model=custom calls your own function\)"
                             r"; e\.g\. model\.factory=my_model:build"),
     (["model.factory=custom_parts"], r"^model\.factory: 'custom_parts' is not module:function"),
+    (["model.factory=models.mlp:build"], r"^model\.factory: 'models' is the name of one of "
+                                         r"sweeplab's own packages"),
+    (["dataset.val_fraction=???"], r"^dataset\.val_fraction: not set \(\?\?\?\); set it"),
     (["model.factory=no_such_module:build"], r"^model\.factory: no module 'no_such_module' in "),
     (["model.factory=custom_parts:densee"],
      r"^model\.factory: module custom_parts \(.*custom_parts\.py\) has no 'densee'; its "
      r"functions: blobs, dense$"),
-    (["model.factory=custom_parts:np"], r"^model\.factory: custom_parts:np is a module, not a "
-                                        r"function"),
+    (["model.factory=custom_parts:np"], r"^model\.factory: custom_parts:np is not a function "
+                                        r"\(it is of type module\)"),
     (["model.factory=custom_parts:blobs"], r"^model\.factory: custom_parts:blobs\(n_train=60.*"
                                            r"takes no 'input_shape'"),
     (["++model.kwargs.widht=3"], r"^model\.kwargs: custom_parts:dense\(input_shape, "
@@ -248,7 +251,8 @@ def test_validate_accepts_the_users_functions_and_kwargs():
      r"'no_such_dependency'\); install what it imports$"),
     ("raise RuntimeError('no GPU here')\n",
      r"^model\.factory: importing user_\w+ raised RuntimeError: no GPU here; fix "),
-    ("build = 3\n", r"^model\.factory: user_\w+:build is a int, not a function"),
+    ("build = 3\n", r"^model\.factory: user_\w+:build is not a function \(it is of type "
+                   r"int\); name a function"),
     ("def build(shape, classes):\n    pass\n", r"^model\.factory: user_\w+:build\(shape, "
                                                r"classes\) takes no 'input_shape'"),
 ])
