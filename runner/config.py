@@ -13,7 +13,11 @@ models.MODELS, ...) to it.
 Groups whose options are variants of one thing (optimizer, clipping, regularizer,
 lr_schedule, dataset) share one schema, so a sweep such as
 `clipping=none,value,norm,global_norm clipping.clip_norm=5` composes for every option.
-Models differ in shape, so each model option has its own schema (MODEL_SCHEMAS).
+Models differ in shape, so each model option has its own schema (MODEL_SCHEMAS); so does
+`dataset=custom` (DATASET_SCHEMAS). `model=custom` and `dataset=custom` name the user's own
+functions by `module:function` (docs/your-model.md): `validate` imports the module and checks
+the function's signature, calling nothing; what the functions return is checked where it is
+used (models/custom.py, runner/data.py).
 """
 import dataclasses
 import importlib
@@ -374,6 +378,12 @@ def _check_keys(node, schema, prefix: str) -> None:
 def check_known_keys(cfg) -> None:
     """Hydra adds `+typo=1` and `+train.foo=1` without complaint: reject what no schema has."""
     _check_keys(cfg, Config, "")
+    for group, key in (("dataset", "loader"), ("model", "factory")):
+        # `dataset.name=custom` renames another option, whose keys are not custom's.
+        _require(cfg[group].name != CUSTOM or key in cfg[group]
+                 or OmegaConf.is_missing(cfg[group], key), f"{group}.name",
+                 f"{CUSTOM} is an option of its own (with {group}.{key})",
+                 f"pick it with {group}={CUSTOM}, e.g. {_example(f'{group}.{key}')}")
     _check_keys(cfg.dataset, dataset_schema(cfg.dataset.name), "dataset.")
     schema = MODEL_SCHEMAS.get(cfg.model.name)
     if schema is not None:  # an unknown model.name is reported by validate_model

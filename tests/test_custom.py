@@ -236,6 +236,14 @@ def test_validate_checks_the_users_functions(overrides, message):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("group, key", [("dataset", "loader"), ("model", "factory")])
+def test_renaming_another_option_custom_says_to_pick_the_option(group, key):
+    with pytest.raises(ConfigError, match=rf"^{group}\.name: custom is an option of its own "
+                                          rf"\(with {group}\.{key}\); pick it with "
+                                          rf"{group}=custom, e\.g\. {group}\.{key}="):
+        validate(compose_cfg(f"{group}.name=custom"))
+
+
 def test_validate_accepts_the_users_functions_and_kwargs():
     validate(custom_cfg("++model.kwargs.hidden=16", "++dataset.kwargs.classes=4"))
     # A custom model on a built-in dataset, a built-in model on custom arrays.
