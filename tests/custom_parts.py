@@ -26,3 +26,24 @@ def blobs(n_train=60, n_test=20, classes=3, features=4, seed=0):
     x_train, y_train = draw(n_train)
     x_test, y_test = draw(n_test)
     return x_train, y_train, x_test, y_test
+
+
+def convnet(input_shape, num_classes, filters=4):
+    """Conv, pooling, flatten, dense: layers the stacked engine computes over a job axis."""
+    import keras
+
+    return keras.Sequential([keras.Input(input_shape),
+                             keras.layers.Conv2D(filters, 3, activation="relu"),
+                             keras.layers.AveragePooling2D(2),
+                             keras.layers.Conv2D(filters, 3, padding="same"),
+                             keras.layers.Activation("tanh"),
+                             keras.layers.MaxPooling2D(2), keras.layers.Flatten(),
+                             keras.layers.Dense(num_classes)])
+
+
+def dropout(input_shape, num_classes):
+    """A layer with per-call random draws: trains one per graph."""
+    import keras
+
+    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(),
+                             keras.layers.Dropout(0.5), keras.layers.Dense(num_classes)])

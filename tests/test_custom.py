@@ -100,8 +100,8 @@ def test_the_example_sweeps_from_its_own_folder(project, store):
 
 
 def test_the_stacked_launcher_trains_custom_jobs_in_its_workers(project, store):
-    # Its worker processes import the user's modules from the same folder. Whether custom
-    # jobs share a graph is runner.tasks.supports' call (today: one per graph).
+    # Its worker processes import the user's modules from the same folder; the example's MLP
+    # is built from stackable layers, so the two jobs share one graph.
     done = run_cli(["-m", "--config-dir", "conf", "experiment=digits_lr_clip",
                     "hydra/launcher=stacked", "hydra.launcher.n_workers=1", "seed=0",
                     "optimizer.lr=1.0", *TINY], project, store)
@@ -112,6 +112,7 @@ def test_the_stacked_launcher_trains_custom_jobs_in_its_workers(project, store):
     for run in children.values():
         assert run.info.status == "FINISHED"
         assert run.data.tags["sweeplab.launcher"] == "stacked"
+        assert run.data.tags["sweeplab.stacked"] == "2"
         assert math.isfinite(run.data.metrics["test_acc"])
 
 

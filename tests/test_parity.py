@@ -11,6 +11,7 @@ import pytest
 from conftest import compose_cfg
 from runner import clipping, config, optim, regularizers
 from runner.config import validate
+from runner.nets import stack_reason
 from runner.tasks import STACKS, SOLO_REASONS, image, supports
 
 STEPS = 20
@@ -43,6 +44,9 @@ OPTION_OVERRIDES = {
     ("lr_schedule", "cosine"): ("lr_schedule=cosine", "lr_schedule.warmup_steps=5"),
     ("model", "lenet"): LENET,
     ("model", "mlp"): SMALL_MLP,
+    # A user's model by import path (tests/custom_parts.py): stacks when its layers do.
+    ("model", "custom"): ("model=custom", "model.factory=custom_parts:convnet",
+                          "dataset=mnist_5k", "train.batch_size=16", f"train.eval_every={STEPS}"),
 }
 # Each group's options and its engine table: one implementation per option, for N = 1 or N.
 CLOSED_SETS = {"optimizer": config.OPTIMIZERS, "clipping": config.CLIPPING_MODES,
@@ -130,6 +134,14 @@ def test_a_diverging_job_leaves_its_neighbours_exactly_as_a_graph_without_it():
     for kept, alone in zip(with_it, without):
         assert kept.applied == alone.applied == 60
         np.testing.assert_array_equal(kept.series["train_loss"], alone.series["train_loss"])
+
+
+def test_a_custom_model_with_a_layer_that_cannot_stack_trains_one_per_graph(tmp_path):
+    cfgs = [compose_cfg(*OPTION_OVERRIDES[("model", "custom")], "model.factory=custom_parts:dropout",
+                        f"optimizer.lr={lr}", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db")
+            for lr in (0.001, 0.002)]
+    graph_models = image.build_models(cfgs, image.data.load(cfgs[0].dataset, 0).info)
+    assert "Dropout" in stack_reason(graph_models[0])
 
 
 def test_what_cannot_stack_says_why():

@@ -46,8 +46,10 @@ STACKS = {
     "clipping": ("none", "value", "norm", "global_norm"),
     "regularizer": ("none", "l2", "l1"),
     "lr_schedule": ("constant", "piecewise", "exponential", "cosine"),
-    # Sequential nets of runner.nets' stackable layers (a custom model is checked once built).
-    "model": ("lenet", "mlp"),
+    # Sequential nets of runner.nets' stackable layers. A custom model is planned as stackable
+    # and checked once built (runner.nets.stack_reason): if it cannot stack, its jobs train
+    # one per graph and the log says which layer why.
+    "model": ("lenet", "mlp", "custom"),
 }
 # Options that never stack, and why (one line each).
 SOLO_REASONS = {
