@@ -17,14 +17,15 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from runner import tags
 from runner.outcome import COLLAPSED, DIVERGED, OK
 from runner.results import (METRICS, RUN_AXIS, Grid, JobRecord, axis_values, facets, grid,
                             is_numeric, map_axes, ranked)
 
 DPI = 100
 # Outcomes without a value worth colouring (the metric predates a blow-up, or never came).
-NO_VALUE_FILL = {DIVERGED: "#d9d9d9", "error": "#f2f2f2", "killed": "#f2f2f2",
-                 "running": "#f2f2f2"}
+NO_VALUE_FILL = {DIVERGED: "#d9d9d9", tags.OUTCOME_ERROR: "#f2f2f2",
+                 tags.OUTCOME_KILLED: "#f2f2f2", tags.OUTCOME_RUNNING: "#f2f2f2"}
 DIVERGED_HATCH, COLLAPSED_HATCH = "xx", "////"
 COLLAPSED_EDGE = "#b2182b"  # dark red hatch over the cell's value colour
 
