@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 # runner/__init__.py has set TF_CPP_MIN_LOG_LEVEL by now. Nothing below loads MLflow,
 # matplotlib or TensorFlow: `--help` prints without them (tests/test_help.py).
-from runner import progress, signals, store, sweep, sync, tasks
+from runner import data, progress, signals, store, sweep, sync, tasks
 from runner.config import ConfigError, register_configs, validate
 from runner.help import register_help_resolver
 from runner.outbox import one_line
@@ -45,6 +45,7 @@ def run_task(cfg, job: JobContext) -> float:
     """Hand a validated config to its task."""
     # Imported here, after validation, so that `--help` and a bad value answer in a second
     # instead of waiting for TensorFlow to load.
+    data.read_ahead(cfg)  # a damaged data file: one line, before TensorFlow's start-up lines
     if tasks.spec_for(cfg.model) is tasks.LANGUAGE_MODEL:
         from runner.tasks import language_model as task
     else:

@@ -233,6 +233,17 @@ def load(cfg, seed: int) -> Splits:
 _loaded = {}  # (dataset values, seed) -> Splits, for `load`
 
 
+def read_ahead(cfg) -> None:
+    """Read a validated job's image dataset now, before TensorFlow loads.
+
+    A damaged or missing file is then one ConfigError line, not TensorFlow's start-up lines
+    followed by that line; `load` keeps the arrays, so the task's own call reads nothing
+    again. Language-model corpora are read by their task (runner/ptb.py).
+    """
+    if cfg.dataset.name in SOURCES:
+        load(cfg.dataset, cfg.seed)
+
+
 def _read(cfg, seed: int) -> Splits:
     (train_x, train_y), test, source = SOURCES[cfg.name](cfg)
     rng = np.random.default_rng(seed)

@@ -7,7 +7,7 @@ before TensorFlow loads. The training code of each task is in its own module:
 from dataclasses import dataclass
 from typing import List, Mapping, Optional, Sequence
 
-from runner import tags
+from runner import data, tags
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ def run_group(cfgs: Sequence, contexts: Sequence) -> List[float]:
     """
     # Imported here, after validation, so that `--help` and a bad value answer in a second
     # instead of waiting for TensorFlow to load.
+    data.read_ahead(cfgs[0])  # a damaged data file: one line, before TensorFlow's start-up
     if spec_for(cfgs[0].model) is LANGUAGE_MODEL:
         from runner.tasks import language_model as task
     else:
