@@ -16,7 +16,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from runner.config import ConfigError
+from runner import ptb
+from runner.config import TEXT_DATASETS, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -234,13 +235,15 @@ _loaded = {}  # (dataset values, seed) -> Splits, for `load`
 
 
 def read_ahead(cfg) -> None:
-    """Read a validated job's image dataset now, before TensorFlow loads.
+    """Read a validated job's dataset now, before TensorFlow loads.
 
     A damaged or missing file is then one ConfigError line, not TensorFlow's start-up lines
-    followed by that line; `load` keeps the arrays, so the task's own call reads nothing
-    again. Language-model corpora are read by their task (runner/ptb.py).
+    followed by that line; `load` and `ptb.load` keep what they read, so the task's own call
+    reads nothing again.
     """
-    if cfg.dataset.name in SOURCES:
+    if cfg.dataset.name in TEXT_DATASETS:
+        ptb.load(cfg.dataset, cfg.model.vocab_size)
+    else:
         load(cfg.dataset, cfg.seed)
 
 
