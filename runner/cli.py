@@ -10,19 +10,18 @@ import os
 import sys
 from typing import Optional
 
-# Quiet TensorFlow's C++ start-up chatter before it is imported anywhere.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from runner import progress, signals, store, sweep, sync, tasks  # noqa: E402
-from runner.config import ConfigError, register_configs, validate  # noqa: E402
-from runner.help import register_help_resolver  # noqa: E402
-from runner.outbox import one_line  # noqa: E402
-from runner.tracking import (JobContext, Stopped, config_hash, record_failure,  # noqa: E402
-                             recorded_run, tracking_uri)
+# runner/__init__.py has set TF_CPP_MIN_LOG_LEVEL by now. Nothing below loads MLflow,
+# matplotlib or TensorFlow: `--help` prints without them (tests/test_help.py).
+from runner import data, progress, signals, store, sweep, sync, tasks
+from runner.config import ConfigError, register_configs, validate
+from runner.help import register_help_resolver
+from runner.outbox import one_line
+from runner.tracking import (JobContext, Stopped, config_hash, record_failure, recorded_run,
+                             tracking_uri)
 
 register_configs()
 register_help_resolver()  # `--help` lists the options from conf/
@@ -46,6 +45,7 @@ def run_task(cfg, job: JobContext) -> float:
     """Hand a validated config to its task."""
     # Imported here, after validation, so that `--help` and a bad value answer in a second
     # instead of waiting for TensorFlow to load.
+    data.read_ahead(cfg)  # a damaged data file: one line, before TensorFlow's start-up lines
     if tasks.spec_for(cfg.model) is tasks.LANGUAGE_MODEL:
         from runner.tasks import language_model as task
     else:

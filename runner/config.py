@@ -250,8 +250,9 @@ class PlotsConfig:
 
 @dataclass
 class MLflowConfig:
-    # null = sqlite:///<cwd>/outputs/mlflow.db. Relative sqlite/file paths are made absolute
-    # so that every job of a sweep writes to the same store. Scheme: one of TRACKING_URI_SCHEMES.
+    # null = $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/outputs/mlflow.db (runner.store.resolve,
+    # the rule `sweeplab report` follows too). Relative sqlite/file paths are made absolute so
+    # that every job of a sweep writes to the same store. Scheme: one of TRACKING_URI_SCHEMES.
     tracking_uri: Optional[str] = None
     experiment_name: str = "sweeplab"
     # Where a new experiment keeps artifacts; null = <cwd>/outputs/mlartifacts.

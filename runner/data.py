@@ -19,7 +19,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from runner.config import CUSTOM, ConfigError, import_target, user_kwargs
+from runner import ptb
+from runner.config import CUSTOM, TEXT_DATASETS, ConfigError, import_target, user_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,19 @@ def load(cfg, seed: int) -> Splits:
 
 
 _loaded = {}  # (dataset values, seed) -> Splits, for `load`
+
+
+def read_ahead(cfg) -> None:
+    """Read a validated job's dataset now, before TensorFlow loads.
+
+    A damaged or missing file is then one ConfigError line, not TensorFlow's start-up lines
+    followed by that line; `load` and `ptb.load` keep what they read, so the task's own call
+    reads nothing again.
+    """
+    if cfg.dataset.name in TEXT_DATASETS:
+        ptb.load(cfg.dataset, cfg.model.vocab_size)
+    else:
+        load(cfg.dataset, cfg.seed)
 
 
 def _read_only(splits: Splits) -> Splits:

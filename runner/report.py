@@ -14,9 +14,6 @@ import math
 import os
 import sys
 import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -27,14 +24,12 @@ from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 from rich.table import Table
 
-from runner import outcome, report_plots, stats, tags
+from runner import outcome, report_plots, stats, store, tags
 from runner.config import ConfigError
 from runner.results import (CURVES, METRICS, SEED, SUMMARY_STATS, Cell, JobRecord, best_first,
                             best_step, config_axes, configs, default_metric, is_number, ranked,
                             replicates, summary_rows, swept_axes)
 
-# Kept under their old names for the modules that import them from here.
-TAG_ROLE, ROLE_SWEEP, TAG_SWEEP_DIR = tags.ROLE, tags.ROLE_SWEEP, tags.SWEEP_DIR
 REPORT_DIR = "report"  # artifact folder on the parent run
 MAP_PNG, CURVES_PNG, HTML_FILE, MD_FILE, SUMMARY_CSV = (
     "sweep_map.png", "sweep_curves.png", "report.html", "report.md", "summary.csv")
@@ -43,12 +38,6 @@ LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves a local store
 # MLflow 3 opens an experiment, and a run page reached from it, in its GenAI layout; this query
 # switches the sidebar to "Model training", whose Runs page is the runs table.
 MODEL_TRAINING = "?workflowType=machine_learning"
-PROBE_SECONDS = 3.0  # a tracking server that does not answer /health in this long is down
-
-
-def default_store() -> str:
-    """The project's store, as the jobs use it when mlflow.tracking_uri is unset."""
-    return "sqlite:///" + os.path.join(os.getcwd(), "outputs", "mlflow.db")
 
 
 # ---------------------------------------------------------------- from the store
@@ -58,7 +47,7 @@ def _children(client: MlflowClient, parent: Run) -> List[Run]:
     runs, token = [], None
     while True:
         page = client.search_runs([parent.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  f"tags.`{tags.PARENT_RUN}` = '{parent.info.run_id}'",
                                   order_by=["attributes.start_time ASC"], max_results=1000,
                                   page_token=token)
         runs.extend(page)
@@ -85,7 +74,7 @@ def collect(client: MlflowClient, parent_run_id: str) -> List[JobRecord]:
             run_id=child.info.run_id, name=child.info.run_name or child.info.run_id[:8],
             params=dict(child.data.params), metrics=metrics, histories=histories,
             outcome=child.data.tags.get(tags.OUTCOME,
-                                        "running" if status == "RUNNING" else "?"),
+                                        tags.OUTCOME_RUNNING if status == "RUNNING" else "?"),
             status=status, tags=dict(child.data.tags)))
     return records
 
@@ -311,12 +300,6 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def _local_path(uri: str) -> Optional[str]:
-    if uri.startswith("file:"):
-        return urllib.parse.unquote(urllib.parse.urlparse(uri).path)
-    return uri if uri.startswith("/") else None
-
-
 def log_report(client: MlflowClient, parent_run_id: str,
                metric: Optional[str] = None) -> ReportLocation:
     """Draw and log `report/{sweep_map.png, sweep_curves.png, summary.csv, report.html,
@@ -349,46 +332,13 @@ def write_report(client: MlflowClient, parent: Run, records: Sequence[JobRecord]
         client.log_artifacts(parent.info.run_id, folder, REPORT_DIR)
     client.set_tag(parent.info.run_id, tags.REPORT_METRIC, metric)
     artifact_uri = f"{parent.info.artifact_uri.rstrip('/')}/{REPORT_DIR}"
-    local = _local_path(artifact_uri)
+    local = store.local_path(artifact_uri)
     return ReportLocation(parent.info.run_id, parent.info.experiment_id, metric, artifact_uri,
                           local if local and os.path.isdir(local) else None,
                           [f"{REPORT_DIR}/{name}" for name in (*pngs, *texts)])
 
 
 # ---------------------------------------------------------------- `sweeplab report`
-
-def _absolute(uri: str) -> str:
-    """sqlite:///relative.db and plain folders made absolute, as the jobs' tracking URI is."""
-    if uri.startswith("sqlite:///"):
-        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
-    return uri if "://" in uri else os.path.abspath(uri)
-
-
-def store_uri(option: Optional[str]) -> Tuple[str, str]:
-    """(tracking URI, where it came from): --tracking-uri, MLFLOW_TRACKING_URI, the default."""
-    if option:
-        return _absolute(option), "--tracking-uri"
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return _absolute(os.environ["MLFLOW_TRACKING_URI"]), "MLFLOW_TRACKING_URI"
-    return default_store(), "--tracking-uri"
-
-
-def check_store(uri: str, source: str) -> None:
-    """Fail in seconds, in one line, on a store that is not there (never create one)."""
-    fix = "pass --tracking-uri URI (or set MLFLOW_TRACKING_URI)"
-    if uri.startswith(("sqlite:///", "file:")) or "://" not in uri:
-        path = _local_path(uri) or uri[len("sqlite:///"):]
-        if not os.path.exists(path):
-            raise ConfigError(f"{source}: no MLflow store at {path}; run a sweep first "
-                              f"(sweeplab -m ...), or {fix}")
-    elif uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS).close()
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise ConfigError(f"{source}: cannot reach the tracking server {uri} ({reason}); "
-                              f"start it or {fix}") from None
-
 
 def _newest(client: MlflowClient, filter_string: str) -> Optional[Run]:
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -403,14 +353,14 @@ def find_sweep(client: MlflowClient, sweep: Optional[str], uri: str) -> Run:
     """The sweep's parent run: the newest sweep, a run id (a child's leads to its parent),
     or a sweep dir (the newest sweep that ran there)."""
     if not sweep:
-        run = _newest(client, f"tags.`{TAG_ROLE}` = '{ROLE_SWEEP}'")
+        run = _newest(client, f"tags.`{tags.ROLE}` = '{tags.ROLE_SWEEP}'")
         if run is None:
             raise ConfigError(f"SWEEP: no sweep in {uri}; run one (sweeplab -m ...) or pass "
                               f"--tracking-uri URI")
         return run
     if os.sep in sweep or os.path.isdir(sweep):
         for folder in dict.fromkeys((os.path.abspath(sweep), os.path.realpath(sweep))):
-            run = _newest(client, f"tags.`{TAG_SWEEP_DIR}` = '{folder}'")
+            run = _newest(client, f"tags.`{tags.SWEEP_DIR}` = '{folder}'")
             if run is not None:
                 return run
         raise ConfigError(f"SWEEP: no sweep ran in {os.path.abspath(sweep)} (store {uri}); "
@@ -420,8 +370,8 @@ def find_sweep(client: MlflowClient, sweep: Optional[str], uri: str) -> Run:
     except MlflowException:
         raise ConfigError(f"SWEEP: no run {sweep!r} in {uri}; give a sweep's parent run id, "
                           f"its sweep dir, or nothing for the newest sweep") from None
-    parent = run.data.tags.get("mlflow.parentRunId")
-    if run.data.tags.get(TAG_ROLE) != ROLE_SWEEP and parent:
+    parent = run.data.tags.get(tags.PARENT_RUN)
+    if run.data.tags.get(tags.ROLE) != tags.ROLE_SWEEP and parent:
         return client.get_run(parent)  # a job's id: report its sweep
     return run
 
@@ -440,13 +390,13 @@ def newest_sweep_links(uri: str, ui: str = LOCAL_UI) -> List[str]:
     One line saying why when there is no store or no sweep yet; never creates a store and
     never raises on a store that fails to open, so the UI still starts.
     """
-    path = _local_path(uri) or (uri[len("sqlite:///"):] if uri.startswith("sqlite:///")
-                                else None)
+    path = store.local_path(uri)
     if path and not os.path.exists(path):
         return [f"No sweep yet: {path} does not exist (`make run` or `sweeplab -m ...` "
                 f"makes one)."]
     try:
-        parent = _newest(MlflowClient(tracking_uri=uri), f"tags.`{TAG_ROLE}` = '{ROLE_SWEEP}'")
+        parent = _newest(MlflowClient(tracking_uri=uri),
+                         f"tags.`{tags.ROLE}` = '{tags.ROLE_SWEEP}'")
     except (MlflowException, SQLAlchemyError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         return [f"No sweep links: the store {uri} failed to open ({first})."]
@@ -512,12 +462,12 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as err:
         print(f"sweeplab: error: {err}", file=sys.stderr, flush=True)
         return 2
-    uri, source = store_uri(args.tracking_uri)
+    uri, source = store.resolve(args.tracking_uri, "--tracking-uri")
     try:
         if args.metric is not None and args.metric not in METRICS:
             raise ConfigError(f"--metric: unknown metric {args.metric!r}; use one of "
                               f"{', '.join(METRICS)}")
-        check_store(uri, source)
+        store.check(uri, source, write=False)
         client = MlflowClient(tracking_uri=uri)
         parent = find_sweep(client, args.sweep, uri)
         records = collect(client, parent.info.run_id)
@@ -556,6 +506,6 @@ def main(argv: Sequence[str]) -> int:
                           soft_wrap=True)
     console.print(f"MLflow UI: {ui_url(uri, parent)}", highlight=False, soft_wrap=True)
     if not uri.startswith(("http://", "https://")):
-        hint = "make ui" if uri == default_store() else f"mlflow ui --backend-store-uri {uri}"
+        hint = "make ui" if uri == store.default_uri() else f"mlflow ui --backend-store-uri {uri}"
         console.print(f"           (start the UI with: {hint})", highlight=False, soft_wrap=True)
     return 0

@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from runner import stats
+from runner import stats, tags
 from runner.outcome import COLLAPSED, DIVERGED, OK
 from runner.results import (METRICS, RUN_AXIS, Cell, Grid, JobRecord, axis_values, configs,
                             config_axes, facets, grid, is_numeric, map_axes, map_cells,
@@ -30,8 +30,8 @@ from runner.results import (METRICS, RUN_AXIS, Cell, Grid, JobRecord, axis_value
 
 DPI = 100
 # Outcomes without a value worth colouring (the metric predates a blow-up, or never came).
-NO_VALUE_FILL = {DIVERGED: "#d9d9d9", "error": "#f2f2f2", "killed": "#f2f2f2",
-                 "running": "#f2f2f2"}
+NO_VALUE_FILL = {DIVERGED: "#d9d9d9", tags.OUTCOME_ERROR: "#f2f2f2",
+                 tags.OUTCOME_KILLED: "#f2f2f2", tags.OUTCOME_RUNNING: "#f2f2f2"}
 DIVERGED_HATCH, COLLAPSED_HATCH = "xx", "////"
 COLLAPSED_EDGE = "#b2182b"  # dark red hatch over the cell's value colour
 TIED_MARK = dict(marker="o", ms=6, mfc="black", mec="white", mew=1.0, ls="none")

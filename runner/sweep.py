@@ -17,6 +17,8 @@ The end: the parent is FINISHED, FAILED if a job failed, KILLED if the sweep was
 signal, with a summary of what finished; the process exits 0, 1 (a job failed), 2 (a config
 was rejected) or 128 + signal.
 """
+from __future__ import annotations
+
 import hashlib
 import json
 import logging
@@ -24,21 +26,22 @@ import os
 import sys
 import time
 from collections import Counter
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from mlflow.tracking import MlflowClient
 from omegaconf import open_dict, read_write
 
-from runner import progress, report, signals, store
+from runner import codeversion, progress, signals, store, tags
 from runner.config import ConfigError
 from runner.outbox import one_line
-from runner.report import TAG_ROLE, TAG_SWEEP_DIR
 from runner.tasks import spec_for
-from runner.tracking import CONFIG_HASH_TAG, experiment_id, tracking_uri
+from runner.tracking import experiment_id, tracking_uri
+
+if TYPE_CHECKING:  # MLflow loads when the sweep starts, not when `--help` imports this module
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +49,6 @@ log = logging.getLogger(__name__)
 ENV_PARENT_RUN = "SWEEPLAB_PARENT_RUN_ID"
 ENV_SWEEP_OVERRIDES = "SWEEPLAB_SWEEP_OVERRIDES"  # JSON list: the overrides every job shares
 ENV_TRACKING_URI = "SWEEPLAB_TRACKING_URI"  # the sweep's store, absolute
-TAG_SWEEP_KEY = "sweeplab.sweep_key"  # the command line's overrides, hashed: finds a sweep again
-TAG_SUMMARY = "sweeplab.summary"
 # Left in a job's output folder when its config was rejected; the sweep counts them at the end.
 CONFIG_ERROR_MARKER = "CONFIG_ERROR"
 SWEEP_FILE = "sweeplab.json"  # in the sweep dir: what `sweeplab resume <dir>` needs
@@ -95,12 +96,12 @@ def find_resumable(client: MlflowClient, exp_id: str, key: str,
     RUNNING parents are skipped: lost ones were closed just before, so those left are alive
     (another launcher runs them).
     """
-    query = f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP_KEY}` = '{key}'"
+    query = f"tags.`{tags.ROLE}` = '{tags.ROLE_SWEEP}' and tags.`{tags.SWEEP_KEY}` = '{key}'"
     for run in client.search_runs([exp_id], query, order_by=["attributes.start_time DESC"],
                                   max_results=200):
         if run.info.status == "RUNNING":
             continue
-        if sweep_dir and run.data.tags.get(TAG_SWEEP_DIR) != sweep_dir:
+        if sweep_dir and run.data.tags.get(tags.SWEEP_DIR) != sweep_dir:
             continue
         return None if run.info.status == "FINISHED" else run
     return None
@@ -117,9 +118,9 @@ def create_parent(client: MlflowClient, exp_id: str, overrides: List[str],
                   sweep_dir: str) -> str:
     parent = client.create_run(
         exp_id, run_name=f"sweep {' '.join(overrides) or '(defaults)'}",
-        tags={TAG_SWEEP_DIR: sweep_dir, TAG_ROLE: "sweep", TAG_SWEEP_KEY: sweep_key(overrides),
-              "sweeplab.overrides": " ".join(overrides),
-              store.HEARTBEAT_TAG: str(int(time.time()))})
+        tags={tags.SWEEP_DIR: sweep_dir, tags.ROLE: tags.ROLE_SWEEP,
+              tags.SWEEP_KEY: sweep_key(overrides), tags.OVERRIDES: " ".join(overrides),
+              tags.HEARTBEAT: str(int(time.time())), **codeversion.version_tags()})
     return parent.info.run_id
 
 
@@ -128,12 +129,13 @@ def reopen_parent(client: MlflowClient, parent) -> str:
     run_id = parent.info.run_id
     client.update_run(run_id, status="RUNNING")
     store.beat(client, run_id)
-    resumes = int(parent.data.tags.get("sweeplab.resumes", "0")) + 1
-    client.set_tag(run_id, "sweeplab.resumes", str(resumes))
-    sweep_dir = parent.data.tags[TAG_SWEEP_DIR]
+    resumes = int(parent.data.tags.get(tags.RESUMES, "0")) + 1
+    client.set_tag(run_id, tags.RESUMES, str(resumes))
+    sweep_dir = parent.data.tags[tags.SWEEP_DIR]
     print(f"sweeplab: resuming sweep run {run_id} ({parent.info.status}: "
-          f"{parent.data.tags.get(TAG_SUMMARY, 'no summary')}) in {sweep_dir}; jobs already "
+          f"{parent.data.tags.get(tags.SUMMARY, 'no summary')}) in {sweep_dir}; jobs already "
           f"FINISHED there are skipped", flush=True)
+    codeversion.note_resume(client, parent)
     return sweep_dir
 
 
@@ -167,7 +169,7 @@ def close_parent(client: MlflowClient, parent_id: str, status: Optional[str] = N
         summarise_sweep(client, parent_id, metric)
     except Exception as err:  # the summary is a convenience; closing the parent is not
         log.warning("sweep summary failed: %s", one_line(err))
-    client.set_tag(parent_id, TAG_SUMMARY, outcome["summary"])
+    client.set_tag(parent_id, tags.SUMMARY, outcome["summary"])
     client.set_terminated(parent_id, status or ("FAILED" if outcome["failed"] else "FINISHED"))
     return outcome
 
@@ -245,7 +247,7 @@ class SweepCallback(Callback):
             sys.exit(2)
         if outcome["failed"]:
             print(f"sweeplab: error: {len(outcome['failed'])} job(s) failed: "
-                  f"{', '.join(outcome['failed'])} (tag sweeplab.error, error.txt in each run); "
+                  f"{', '.join(outcome['failed'])} (tag {tags.ERROR}, error.txt in each run); "
                   f"run them again with: sweeplab resume {sweep.sweep_dir}",
                   file=sys.stderr, flush=True)
             sys.exit(1)
@@ -266,11 +268,11 @@ def current_children(client: MlflowClient, parent: str) -> List:
     A resumed sweep holds earlier KILLED/FAILED attempts of a config too; they are history.
     """
     exp_id = client.get_run(parent).info.experiment_id
-    children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent}'",
+    children = client.search_runs([exp_id], f"tags.`{tags.PARENT_RUN}` = '{parent}'",
                                   order_by=["attributes.start_time ASC"], max_results=5000)
     chosen = {}
     for child in children:  # oldest first: a later attempt replaces an unfinished one
-        key = child.data.tags.get(CONFIG_HASH_TAG, child.info.run_id)
+        key = child.data.tags.get(tags.CONFIG_HASH, child.info.run_id)
         if chosen.get(key) is None or chosen[key].info.status != "FINISHED":
             chosen[key] = child
     return list(chosen.values())
@@ -289,7 +291,7 @@ def finished_run(client: MlflowClient, parent: str, config_hash: str):
     """The FINISHED run of this job config under `parent`, if an earlier attempt made one."""
     exp_id = client.get_run(parent).info.experiment_id
     found = client.search_runs(
-        [exp_id], f"tags.mlflow.parentRunId = '{parent}' and tags.`{CONFIG_HASH_TAG}` = "
+        [exp_id], f"tags.`{tags.PARENT_RUN}` = '{parent}' and tags.`{tags.CONFIG_HASH}` = "
                   f"'{config_hash}' and attributes.status = 'FINISHED'", max_results=1)
     return found[0] if found else None
 
@@ -376,10 +378,12 @@ def summarise_sweep(client: MlflowClient, parent: str, metric: Optional[str] = N
 
     `metric`: what the report ranks by; None = the jobs' task's objective.
     """
+    from runner import report  # matplotlib and the report load only when a report is made
+
     try:
         location = report.log_report(client, parent, metric)
     except ValueError as err:  # no job finished: nothing to compare
         log.warning("no sweep report: %s", err)
         return
-    client.set_tag(parent, "sweeplab.jobs", str(len(current_children(client, parent))))
+    client.set_tag(parent, tags.JOBS, str(len(current_children(client, parent))))
     log.info("sweep report: %s", location.artifact_uri)

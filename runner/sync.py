@@ -16,12 +16,11 @@ import json
 import os
 import sys
 import time
-from types import SimpleNamespace
 from typing import List, Optional, Tuple
 
-from runner import outbox, store
+from runner import outbox, store, tags
 from runner.outbox import one_line
-from runner.sweep import PENDING_CLOSE, TAG_SWEEP_DIR, close_parent, load_sweep_file
+from runner.sweep import PENDING_CLOSE, close_parent, load_sweep_file
 
 JOURNAL_PATTERN = outbox.JOURNAL_STEM + "*.jsonl"
 
@@ -45,8 +44,15 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--tracking-uri", help="upload there instead of to the store each "
                         "file names")
     args = parser.parse_args(argv)
+    missing = [d for d in args.dirs if not os.path.exists(d)]
+    if missing:
+        print(f"sweeplab: error: sync: {missing[0]} does not exist; give a job or sweep folder "
+              f"that holds {JOURNAL_PATTERN} files, e.g. outputs/sweeps/<date>/<time>",
+              file=sys.stderr, flush=True)
+        return 2
     journals = [path for d in args.dirs for path in journals_under(d)]
-    if not journals:
+    pending = [d for d in args.dirs if os.path.isfile(os.path.join(d, PENDING_CLOSE))]
+    if not journals and not pending:
         print(f"sweeplab sync: nothing to upload under {', '.join(args.dirs)}")
         return 0
     failures = 0
@@ -62,7 +68,7 @@ def main(argv: List[str]) -> int:
         if os.path.exists(path + ".progress"):
             os.remove(path + ".progress")
         print(f"synced {count} writes to run {run_id} from {path}")
-    for folder in args.dirs:
+    for folder in pending:
         failures += not close_pending_sweep(folder, args.tracking_uri)
     return 1 if failures else 0
 
@@ -93,7 +99,7 @@ def _find_sweep(target: str, uri: str) -> Tuple[str, dict]:
         sweep_dir = os.path.abspath(target)
     else:
         run = store.open_client(uri).get_run(target)
-        sweep_dir = run.data.tags.get(TAG_SWEEP_DIR, "")
+        sweep_dir = run.data.tags.get(tags.SWEEP_DIR, "")
     saved = load_sweep_file(sweep_dir) if sweep_dir else None
     if saved is None:
         raise ValueError(f"{target}: no sweep found (a sweep dir holds sweeplab.json; a parent "
@@ -109,10 +115,11 @@ def resume_overrides(argv: List[str]) -> Tuple[Optional[List[str]], int]:
     parser.add_argument("sweep", help="the sweep dir, or its parent run id")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides, e.g. "
                         "hydra.launcher.n_jobs=4 (a parent run id is looked up in the store "
-                        "given by mlflow.tracking_uri=..., default outputs/mlflow.db)")
+                        "given by mlflow.tracking_uri=..., else $MLFLOW_TRACKING_URI, else "
+                        "outputs/mlflow.db)")
     args = parser.parse_args(argv)
     given = [o.split("=", 1)[1] for o in args.overrides if o.startswith("mlflow.tracking_uri=")]
-    uri = store.tracking_uri(SimpleNamespace(tracking_uri=given[-1] if given else None))
+    uri = store.resolve(given[-1] if given else None)[0]
     try:
         sweep_dir, saved = _find_sweep(args.sweep, uri)
         uri = saved["tracking_uri"]
@@ -129,7 +136,7 @@ def resume_overrides(argv: List[str]) -> Tuple[Optional[List[str]], int]:
               f"nothing to resume")
         return None, 0
     if status == "RUNNING":
-        beat = parent.data.tags.get(store.HEARTBEAT_TAG, "0")
+        beat = parent.data.tags.get(tags.HEARTBEAT, "0")
         print(f"sweeplab: error: resume: sweep run {parent.info.run_id} is still running "
               f"(heartbeat {time.time() - float(beat):.0f} s ago); stop it first",
               file=sys.stderr)

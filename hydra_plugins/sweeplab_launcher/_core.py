@@ -26,14 +26,12 @@ from hydra.types import HydraContext
 from omegaconf import OmegaConf, open_dict
 
 from hydra_plugins.sweeplab_launcher._plan import Chunk, plan_chunks
-from runner import cli, progress, signals, tasks
+from runner import cli, progress, signals, tags, tasks
 from runner.config import ConfigError, validate
 from runner.tracking import JobContext, Stopped, recorded_run
 
 log = logging.getLogger(__name__)
 
-TAG_LAUNCHER = "sweeplab.launcher"
-TAG_STACKED = "sweeplab.stacked"  # how many jobs trained in this job's graph
 HYDRA_FILE_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's default
 STEPS_LOGGER = "sweeplab.steps"  # the tasks' per-evaluation lines (runner.tasks.image)
 POLL_SECONDS = 1.0  # how often the launcher checks that its workers are alive
@@ -187,8 +185,9 @@ def env_of(job: Job) -> Dict[str, str]:
 
 
 def work_of(jobs: List[Job], chunk: Chunk, job_logging) -> Work:
-    tags = {TAG_LAUNCHER: "stacked", TAG_STACKED: str(len(jobs))}
-    return Work(jobs=[(job.num, job.cfg, replace(job.context, extra_tags=tags)) for job in jobs],
+    launched = {tags.LAUNCHER: "stacked", tags.STACKED: str(len(jobs))}
+    return Work(jobs=[(job.num, job.cfg, replace(job.context, extra_tags=launched))
+                      for job in jobs],
                 alone=chunk.alone, env=env_of(jobs[0]), file_format=file_format(job_logging),
                 file_loggers=file_loggers(job_logging))
 

@@ -7,10 +7,12 @@ before TensorFlow loads. The training code of each task is in its own module:
 from dataclasses import dataclass
 from typing import List, Mapping, Optional, Sequence
 
+from runner import tags
+
 
 @dataclass(frozen=True)
 class TaskSpec:
-    name: str  # the MLflow tag `sweeplab.task`
+    name: str  # the MLflow tag tags.TASK
     # The metric a run is judged on: its last value is what the task returns to Hydra (a
     # sweeper minimises it), and a sweep's report ranks by it unless told otherwise.
     objective: str
@@ -23,7 +25,8 @@ IMAGE = TaskSpec("image_classification", objective="val_loss", ranking="val_loss
 LANGUAGE_MODEL = TaskSpec("language_model", objective="valid_perplexity",
                           ranking="valid_perplexity")
 TASKS = {spec.name: spec for spec in (IMAGE, LANGUAGE_MODEL)}
-TAG_TASK = "sweeplab.task"
+# The task modules (runner/tasks/image.py, language_model.py) still import this name; new code
+# uses tags.TASK.
 
 
 def spec_for(model_cfg) -> TaskSpec:
@@ -31,9 +34,9 @@ def spec_for(model_cfg) -> TaskSpec:
     return LANGUAGE_MODEL if model_cfg.name == "lstm_lm" else IMAGE
 
 
-def spec_of_run(tags: Mapping[str, str]) -> TaskSpec:
+def spec_of_run(run_tags: Mapping[str, str]) -> TaskSpec:
     """The task that produced an MLflow run (image classification if it predates the tag)."""
-    return TASKS.get(tags.get(TAG_TASK, ""), IMAGE)
+    return TASKS.get(run_tags.get(tags.TASK, ""), IMAGE)
 
 
 # What may differ between jobs of one graph, per config group: one declared table. Every

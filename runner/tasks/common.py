@@ -40,11 +40,11 @@ class Job:
 
 
 def open_jobs(stack: ExitStack, cfgs: Sequence, contexts: Sequence[JobContext], models,
-              names: List[str], tags: Dict[str, str], derived: Dict[str, int]) -> List[Job]:
+              names: List[str], task_tags: Dict[str, str], derived: Dict[str, int]) -> List[Job]:
     """Each job's MLflow run (closed by `stack`), its derived numbers and its progress bar."""
     jobs = []
     for cfg, context, model in zip(cfgs, contexts, models):
-        tracked = stack.enter_context(TrackedRun(cfg, context, tags))
+        tracked = stack.enter_context(TrackedRun(cfg, context, task_tags))
         tracked.log_derived(derived)
         jobs.append(Job(cfg, model, names, tracked,
                         label=f"[{tracked.name}] " if len(cfgs) > 1 else "",

@@ -21,12 +21,12 @@ import numpy as np
 import tensorflow as tf
 
 import models
-from runner import data, engine, plots, progress
+from runner import data, engine, plots, progress, tags
 from runner.config import ConfigError
 from runner.engine import Stopwatch, configure_threads, seed_everything
 from runner.nets import KerasNet, StackedNet, stack_reason
 from runner.outcome import classify
-from runner.tasks import IMAGE, TAG_TASK
+from runner.tasks import IMAGE
 from runner.tasks.common import Job, advance, close_job, open_jobs
 from runner.tracking import JobContext
 
@@ -243,9 +243,9 @@ def run_group(cfgs: Sequence, contexts: Sequence[JobContext]) -> List[float]:
              len(splits[0].val.y), len(splits[0].test.y), f"{built[0].count_params():,}",
              plan_.steps, first.train.batch_size,
              f", {len(cfgs)} jobs stacked" if len(cfgs) > 1 else "")
-    tags = {"dataset.source": splits[0].info.source, TAG_TASK: IMAGE.name}
+    task_tags = {tags.DATASET_SOURCE: splits[0].info.source, tags.TASK: IMAGE.name}
     with ExitStack() as stack:
-        jobs = open_jobs(stack, cfgs, contexts, built, graph.net.names, tags,
+        jobs = open_jobs(stack, cfgs, contexts, built, graph.net.names, task_tags,
                          {"steps": plan_.steps, "steps_per_epoch": plan_.steps_per_epoch})
         watch.add("setup", time.perf_counter() - started)
         fit(first.train, plan_, graph.train_steps, graph.evaluate, jobs, splits, watch)

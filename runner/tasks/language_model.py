@@ -22,11 +22,11 @@ import tensorflow as tf
 
 import models
 from models.lstm_lm import state_shapes
-from runner import engine, plots, progress, ptb
+from runner import engine, plots, progress, ptb, tags
 from runner.engine import Stopwatch, configure_threads, seed_everything
 from runner.nets import KerasNet
 from runner.outcome import classify_language_model
-from runner.tasks import LANGUAGE_MODEL, TAG_TASK
+from runner.tasks import LANGUAGE_MODEL
 from runner.tasks.common import advance, close_job, open_jobs
 from runner.tracking import JobContext
 
@@ -155,9 +155,9 @@ def _run_one(cfg, context: JobContext) -> float:
              "(%d per epoch)", model.name, corpus.info.source, len(corpus.train),
              len(corpus.valid), len(corpus.test), corpus.info.vocab_size,
              f"{model.count_params():,}", plan_.steps, batch, num_steps, plan_.epoch_size)
-    tags = {"dataset.source": corpus.info.source, TAG_TASK: LANGUAGE_MODEL.name}
+    task_tags = {tags.DATASET_SOURCE: corpus.info.source, tags.TASK: LANGUAGE_MODEL.name}
     with ExitStack() as stack:
-        (job,) = open_jobs(stack, [cfg], [context], [model], net.names, tags,
+        (job,) = open_jobs(stack, [cfg], [context], [model], net.names, task_tags,
                            {"steps": plan_.steps, "steps_per_epoch": plan_.epoch_size})
         watch.add("setup", time.perf_counter() - started)
         fit(cfg, plan_, train_steps, (windows, state), valid, job, watch)
