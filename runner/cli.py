@@ -1,7 +1,7 @@
 """Command line: `python -m runner` / `sweeplab`. Hydra parses overrides and sweeps.
 
-`sweeplab report ...`, `sweeplab sync ...` and `sweeplab resume ...` are subcommands
-(SUBCOMMANDS); anything else is the Hydra app. One job: validate the config once (before
+`sweeplab report ...`, `sweeplab sync ...`, `sweeplab resume ...` and `sweeplab server ...` are
+subcommands (SUBCOMMANDS); anything else is the Hydra app. One job: validate the config once (before
 TensorFlow loads), check the tracking store, pick its task, run it. A job never raises into
 Hydra (Hydra's basic sweeper would abort the sweep): a failure ends its run FAILED and the
 sweep goes on.
@@ -163,6 +163,12 @@ def resume(argv) -> int:
     return run_app()
 
 
+def server(argv) -> int:
+    from runner import server as team_server  # PostgreSQL + mlflow server: only for this subcommand
+
+    return team_server.main(argv)
+
+
 def report(argv) -> int:
     from runner import report as sweep_report  # matplotlib and rich only for this subcommand
 
@@ -170,7 +176,7 @@ def report(argv) -> int:
 
 
 # `sweeplab <name> ...`: each takes the remaining arguments and returns an exit code.
-SUBCOMMANDS = {"report": report, "sync": sync.main, "resume": resume}
+SUBCOMMANDS = {"report": report, "sync": sync.main, "resume": resume, "server": server}
 
 
 def main() -> None:
