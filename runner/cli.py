@@ -59,7 +59,7 @@ def reject(err: ConfigError) -> float:
     A single run exits 2. In a sweep the other jobs still run: the job is marked rejected, and
     the sweep exits non-zero at the end. Launchers that run jobs themselves call this too.
     """
-    print(f"sweeplab: error: {err}", file=sys.stderr, flush=True)
+    print(f"sweeplab: error: {store.redact(str(err))}", file=sys.stderr, flush=True)
     if not sweep.in_multirun():
         sys.exit(2)
     sweep.mark_rejected(str(err))

@@ -45,6 +45,7 @@ MIN_PASSWORD = 12  # MLflow's password policy
 START_SECONDS = 180.0  # how long a child may take to answer
 QUICK_DEATHS = 5  # a child that dies this many times in a row within a minute of starting: give up
 INSTALL = "apt-get install postgresql"
+BIN_ENV = "SWEEPLAB_POSTGRES_BIN"  # where initdb and postgres are, if not Debian's folder
 
 AUTH_INI = """[mlflow]
 default_permission = {default_permission}
@@ -61,7 +62,15 @@ def say(message: str) -> None:
 # ---------------------------------------------------------------- PostgreSQL
 
 def pg_bin() -> str:
-    """The folder of initdb, pg_ctl and postgres: Debian's newest, else on PATH."""
+    """The folder of initdb and postgres: $SWEEPLAB_POSTGRES_BIN, else Debian's newest, else
+    on PATH."""
+    if os.environ.get(BIN_ENV):
+        folder = os.environ[BIN_ENV]
+        if all(os.access(os.path.join(folder, b), os.X_OK) for b in ("initdb", "postgres")):
+            return folder
+        raise ConfigError(f"{BIN_ENV}={folder} holds no PostgreSQL server binaries (initdb, "
+                          f"postgres); install them ({INSTALL}) or point {BIN_ENV} at their "
+                          f"folder")
     for folder in sorted(glob.glob("/usr/lib/postgresql/*/bin"),
                          key=lambda p: int(p.split("/")[-2]) if p.split("/")[-2].isdigit() else 0,
                          reverse=True):

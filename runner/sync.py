@@ -122,7 +122,7 @@ def resume_overrides(argv: List[str]) -> Tuple[Optional[List[str]], int]:
     uri = store.resolve(given[-1] if given else None)[0]
     try:
         sweep_dir, saved = _find_sweep(args.sweep, uri)
-        uri = saved["tracking_uri"]
+        uri = outbox.journal_uri(saved["tracking_uri"])
         client = store.open_client(uri)
         parent = client.get_run(saved["parent_run_id"])
         store.mark_lost_runs(client, [parent.info.experiment_id])
