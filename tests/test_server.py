@@ -406,3 +406,96 @@ def test_a_restart_on_the_same_folder_finds_every_run_and_leaves_no_process(team
     team.start()
     after = {r.info.run_id: r.info.status for r in runs_of(team.uri)[1]}
     assert after == before
+
+
+# ---------------------------------------------------------------- under load, with faults
+
+LOAD_STEPS = 800  # with train.log_every=1: ~4 values a step, ~3,300 a job
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no {what} within {timeout} s")
+
+
+@pytest.mark.slow
+def test_four_sweeps_at_once_survive_a_killed_mlflow_and_a_postgresql_restart():
+    """3 stacked sweeps + 1 joblib sweep (60 jobs, >= 200,000 metric values) into one
+    `sweeplab server`; mid-sweep its mlflow server is SIGKILLed, then PostgreSQL restarted
+    (the server restarts both). After `sweeplab sync`: every run FINISHED, each with its full
+    metric history, nothing lost."""
+    folder = public_folder("load-")
+    team = TeamServer(folder).start()
+    try:
+        home = public_folder("load-sweeps-")
+        env = as_admin(home, SWEEPLAB_HEARTBEAT_SECONDS="5")
+        common = [*SMALL, f"train.steps={LOAD_STEPS}", "train.eval_every=100",
+                  "train.log_every=1", f"mlflow.tracking_uri={team.uri}"]
+        sweeps = {}
+        for i in range(3):
+            sweeps[f"stacked{i}"] = ["-m", *common, f"optimizer.lr=0.{i + 1},0.0{i + 1},"
+                                     f"0.00{i + 1},0.05", "seed=range(4)"]
+        sweeps["joblib"] = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *common,
+                            "optimizer.lr=0.1,0.01,0.001,0.02", "seed=range(3)"]
+        started = time.monotonic()
+        procs = {name: Proc([sys.executable, "-m", "runner", *args,
+                             f"hydra.sweep.dir={home}/{name}"], home, env)
+                 for name, args in sweeps.items()}
+
+        def run_count():
+            try:
+                return len(runs_of(team.uri)[1])
+            except Exception:
+                return 0
+
+        wait_until(lambda: run_count() >= 20, 300, "20 runs in the store")
+        # The mlflow server dies without a word; `sweeplab server` starts it again.
+        os.kill(team.child_pid(f"--artifacts-destination {folder}/artifacts"), signal.SIGKILL)
+        killed_at = time.monotonic() - started
+        team.proc.wait_for(r"mlflow is back", 240)
+        time.sleep(5)
+        # PostgreSQL restarts (its fast shutdown; `sweeplab server` starts it again).
+        os.kill(team.child_pid(f"-D {folder}/postgres"), signal.SIGINT)
+        restarted_at = time.monotonic() - started
+        team.proc.wait_for(r"postgres is back", 240)
+        still_running = [n for n, p in procs.items() if p.proc.poll() is None]
+        codes = {name: p.finish(900) for name, p in procs.items()}
+        wall = time.monotonic() - started
+        for name, p in procs.items():
+            assert codes[name] in (0, 1), (name, p.output[-3000:])
+            for bad in ("database is locked", "deadlock detected", "Traceback"):
+                assert bad not in p.output, (name, bad, p.output[-3000:])
+        code, out = sweeplab(["sync", *[f"{home}/{n}" for n in sweeps]], home, env, 600)
+        assert code == 0, out[-3000:]
+
+        client, runs = runs_of(team.uri)
+        children = [r for r in runs if r.data.tags.get("sweeplab.role") != "sweep"]
+        parents = [r for r in runs if r.data.tags.get("sweeplab.role") == "sweep"]
+        assert len(parents) == 4 and len(children) == 60, (len(parents), len(children))
+        assert all(r.info.status == "FINISHED" for r in runs), \
+            [(r.info.run_name, r.info.status) for r in runs if r.info.status != "FINISHED"]
+        counts = {r.info.run_id: {k: len(client.get_metric_history(r.info.run_id, k))
+                                  for k in r.data.metrics} for r in children}
+        full = {}
+        for per_key in counts.values():
+            for key, n in per_key.items():
+                full[key] = max(full.get(key, 0), n)
+        lost = sum(full[k] - n for per_key in counts.values() for k, n in per_key.items())
+        lost += sum(n for k, n in full.items() for per_key in counts.values()
+                    if k not in per_key)
+        values = sum(n for per_key in counts.values() for n in per_key.values())
+        per_step = [k for k, n in full.items() if n == LOAD_STEPS]
+        print(f"\nload: {len(children)} jobs in 4 sweeps, {values} metric values, lost "
+              f"{lost}; {wall:.0f} s; mlflow SIGKILLed at {killed_at:.0f} s, PostgreSQL "
+              f"restarted at {restarted_at:.0f} s with {len(still_running)} sweeps running; "
+              f"sync: {out.count('synced')} journals")
+        assert per_step, full
+        assert lost == 0
+        assert values >= 200_000
+        assert still_running, "the sweeps ended before the faults: raise LOAD_STEPS"
+    finally:
+        team.stop()
