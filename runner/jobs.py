@@ -104,19 +104,20 @@ def accept(cfg, context: Optional[JobContext] = None, check_store: bool = False)
     """Validate (and with `check_store`, check the store: a sweep checks it once, before its
     first job), skip a finished job, resolve the config. Inside Hydra's job by default."""
     context = context or context_from_hydra()
-    num = int(HydraConfig.get().job.num or 0) if HydraConfig.initialized() else 0
+    # hydra.job.num exists in a multirun only
+    num = HydraConfig.get().job.get("num") if HydraConfig.initialized() else None
     try:
         validate(cfg)
         if check_store:
             store.check_store(cfg.mlflow)
     except ConfigError as err:
-        return Job(cfg, context, num, early=Rejected(str(err)))
+        return Job(cfg, context, num or 0, early=Rejected(str(err)))
     done = resume.finished_value(cfg, context)
     if done is not None:
-        return Job(cfg, context, num, early=done)
+        return Job(cfg, context, num or 0, early=done)
     resolved = deepcopy(cfg)  # `${hydra:...}` resolves only here, inside the job's config
     OmegaConf.resolve(resolved)
-    return Job(resolved, context, num)
+    return Job(resolved, context, num or 0)
 
 
 def repeats(jobs: Sequence[Job]) -> Dict[int, Job]:
@@ -130,8 +131,8 @@ def repeats(jobs: Sequence[Job]) -> Dict[int, Job]:
             twin = first.setdefault(config_hash(job.cfg), job)
             if twin is not job:
                 found[i] = twin
-                print(f"job #{job.num} repeats job #{twin.num} ({twin.name}): trained once",
-                      flush=True)
+                print(f"job #{job.num} repeats the config of job #{twin.num}: trained once, "
+                      f"both get its result", flush=True)
     return found
 
 

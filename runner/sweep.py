@@ -186,7 +186,7 @@ class SweepCallback(Callback):
             given = given_sweep_dir(config)
             parent = resume.newest_sweep(client, exp_id, sweep_key(overrides), given)
             if parent is not None and parent.info.status == "FINISHED":
-                parent = finished_there(client, parent, given, count_jobs(config))
+                parent = finished_there(client, parent, given, count_jobs(config, distinct=True))
             if parent is not None:
                 parent_id, sweep_dir = parent.info.run_id, resume.reopen_parent(client, parent)
             else:
@@ -285,19 +285,23 @@ def job_outcomes(client: MlflowClient, parent: str) -> Dict:
     return {"summary": summary, "failed": failed}
 
 
-def count_jobs(config) -> Optional[int]:
+def count_jobs(config, distinct: bool = False) -> Optional[int]:
     """How many jobs the basic sweeper makes of the preset's sweep and the command line (every
-    combination); None for a sweep it cannot count (an interval, another sweeper's syntax)."""
+    combination; `distinct`: without repeats, as in lr=0.01,0.001,0.01); None for a sweep it
+    cannot count (an interval, another sweeper's syntax)."""
     params = {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
     for line in config.hydra.overrides.task:  # the command line wins over the preset
         key, _, value = line.partition("=")
         params[key] = value
     try:
         parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
-        return math.prod(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1
-                         for o in parsed)
+        values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [None]
+                  for o in parsed]
     except Exception:  # a launcher or sweeper of its own: no total, the bars still work
         return None
+    if distinct:
+        return math.prod(len(set(v)) for v in values)
+    return math.prod(len(v) for v in values)
 
 
 def job_sweep_context() -> tuple:
