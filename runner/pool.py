@@ -10,36 +10,49 @@ waits for a dead process.
 import logging
 import multiprocessing
 import os
-import queue
-from typing import Callable, Dict, List, Optional, Sequence
+import threading
+import traceback
+from dataclasses import dataclass
+from multiprocessing import connection
+from typing import Callable, List, Optional, Sequence
 
 from runner import progress, signals
-from runner.outbox import one_line
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0  # how often the launcher checks that its workers are alive
 
 
-def _worker(todo, results, target: Callable, setup: Optional[Callable], setup_args: tuple,
+def _worker(todo, conn, target: Callable, setup: Optional[Callable], setup_args: tuple,
             launcher: int) -> None:
     """A worker process: set up once, then `target(item)` for each item until told to stop."""
     signals.prepare_worker(launcher)  # stoppable, and gone with its launcher, from the start
-    progress.forward_to(lambda event: results.put(("progress", None, event)))
+    lock = threading.Lock()  # progress may come from a task's thread
+
+    def send(message) -> None:
+        with lock:
+            conn.send(message)
+
+    progress.forward_to(lambda event: send(("progress", event)))
     if setup is not None:
         setup(*setup_args)
     while True:
-        got = todo.get()
-        if got is None:
+        item = todo.get()
+        if item is None:
             return
-        index, item = got
-        results.put(("start", index, os.getpid()))
         with signals.job():
             try:
-                value = target(item)
+                message = ("done", target(item))
             except BaseException as err:  # the target's own failure: this item fails alone
-                results.put(("raised", index, f"{type(err).__name__}: {one_line(err)}"))
-                continue
-        results.put(("done", index, value))
+                message = ("raised", traceback.format_exception_only(type(err), err)[-1].strip())
+        send(message)
+
+
+@dataclass(eq=False)
+class _Worker:
+    process: multiprocessing.process.BaseProcess
+    todo: object  # its own queue: the launcher always knows which item a worker holds
+    conn: object  # what it sends back; its end of the pipe closes when it exits
+    held: Optional[int] = None  # the index of the item it trains
 
 
 class Pool:
@@ -48,90 +61,84 @@ class Pool:
     def __init__(self, n: int, target: Callable, setup: Optional[Callable] = None,
                  setup_args: tuple = ()) -> None:
         spawn = multiprocessing.get_context("spawn")
-        self.todo, self.results = spawn.Queue(), spawn.Queue()
-        self.processes = [spawn.Process(target=_worker, name=f"sweeplab-worker-{i}",
-                                        args=(self.todo, self.results, target, setup,
-                                              setup_args, os.getpid()))
-                          for i in range(n)]
-        for process in self.processes:
+        self.workers: List[_Worker] = []
+        for i in range(n):
+            todo, (reader, writer) = spawn.Queue(), spawn.Pipe(duplex=False)
+            process = spawn.Process(target=_worker, name=f"sweeplab-worker-{i}", args=(
+                todo, writer, target, setup, setup_args, os.getpid()))
             process.start()
+            writer.close()  # the worker's end only: reading it then ends when the worker does
+            self.workers.append(_Worker(process, todo, reader))
         self.closed = False
+
+    @property
+    def processes(self) -> list:
+        return [w.process for w in self.workers]
+
+    @property
+    def size(self) -> int:
+        return len(self.workers)
 
     def close(self) -> None:
         """Workers finish what they hold and exit (also when no item ever came)."""
         if self.closed:
             return
         self.closed = True
-        for _ in self.processes:
-            self.todo.put(None)
-        for process in self.processes:
-            process.join(timeout=60)
-            if process.is_alive():
-                process.terminate()
+        for w in self.workers:
+            if w.process.is_alive():
+                w.todo.put(None)
+        for w in self.workers:
+            w.process.join(timeout=60)
+            if w.process.is_alive():
+                w.process.terminate()
 
     def run(self, items: Sequence, done: Callable[[int, object], None],
             died: Callable[[int, str], None]) -> None:
-        """Every item to the workers, once; then the workers exit.
+        """Every item to a worker, one at a time each; then the workers exit.
 
         `done(index, value)` as each item ends; `died(index, why)` for an item whose worker
         died (or whose target raised) and, once no worker is left, for the items none took.
         """
-        for pair in enumerate(items):
-            self.todo.put(pair)
-        for _ in self.processes:
-            self.todo.put(None)  # each worker exits once the items are taken
-        self.closed = True
-        held: Dict[int, int] = {}  # item index -> pid of the worker holding it
-        pending = set(range(len(items)))
+        todo = list(range(len(items)))[::-1]  # popped from the end: in order
+        live = list(self.workers)
+        while live and (todo or any(w.held is not None for w in live)):
+            for w in live:
+                if w.held is None and todo:
+                    w.held = todo.pop()
+                    w.todo.put(items[w.held])
+            connection.wait([w.conn for w in live] + [w.process.sentinel for w in live],
+                            timeout=POLL_SECONDS)
+            for w in list(live):
+                if self._receive(w, done, died):
+                    continue
+                live.remove(w)
+                w.process.join(timeout=10)
+                if w.held is not None:
+                    why = f"its worker process {w.process.pid} died (exit code " \
+                          f"{w.process.exitcode})"
+                    log.error("item %d failed: %s", w.held, why)
+                    died(w.held, why)
+        for index in todo[::-1]:
+            died(index, "no worker process is left to take it")
+        self.close()
 
-        def handle(message) -> None:
-            kind, index, payload = message
-            if kind == "progress":
-                progress.replay(payload)
-            elif kind == "start":
-                held[index] = payload
-            elif index in pending:
-                pending.discard(index)
+    @staticmethod
+    def _receive(w: _Worker, done, died) -> bool:
+        """Handle what `w` sent; False once it is gone (its pipe closed or it exited)."""
+        try:
+            while w.conn.poll():
+                kind, payload = w.conn.recv()
+                if kind == "progress":
+                    progress.replay(payload)
+                    continue
+                index, w.held = w.held, None
                 if kind == "done":
                     done(index, payload)
                 else:
-                    died(index, f"its worker process {held.get(index)} raised {payload}")
-
-        def fail(index: int, why: str) -> None:
-            pending.discard(index)
-            log.error("item %d failed: %s", index, why)
-            died(index, why)
-
-        while pending:
-            try:
-                handle(self.results.get(timeout=POLL_SECONDS))
-                continue
-            except queue.Empty:
-                pass
-            dead = {p.pid: p.exitcode for p in self.processes if not p.is_alive()}
-            if not dead:
-                continue
-            _drain(self.results, handle)  # what a worker sent just before it exited
-            for index, pid in list(held.items()):
-                if pid in dead and index in pending:
-                    fail(index, f"its worker process {pid} died (exit code {dead[pid]})")
-            if len(dead) == len(self.processes):
-                for index in sorted(pending):
-                    fail(index, "no worker process is left to take it")
-        for process in self.processes:
-            process.join()
-
-    @property
-    def size(self) -> int:
-        return len(self.processes)
-
-
-def _drain(results, handle) -> None:
-    while True:
-        try:
-            handle(results.get_nowait())
-        except queue.Empty:
-            return
+                    died(index, f"its worker process {w.process.pid} raised {payload}")
+        except (EOFError, OSError):
+            return False
+        return w.process.is_alive()
 
 
 def idle_cores() -> int:
