@@ -39,7 +39,7 @@ SWEEP = ["-m", "experiment=lenet_clip", "dataset=mnist_5k",
          "optimizer.lr=0.00005,0.0005,0.005,0.05", "clipping=none,value,norm,global_norm"]
 JOBS = 16
 LAUNCHERS = {
-    "basic": [],
+    "basic": ["hydra/launcher=basic"],  # stacked is the default for -m
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
     "stacked": ["hydra/launcher=stacked"],
 }

@@ -216,9 +216,13 @@ def test_a_signal_closes_a_single_run_killed_with_every_printed_metric(tmp_path,
     assert f"stopped by {signal.Signals(signum).name}" in cli.output
 
 
+LAUNCHERS = {"basic": ["hydra/launcher=basic"],
+             "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
+
+
 def sweep_args(store, launcher, lrs="0.01,0.001,0.002"):
-    joblib = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
-    return ["-m", *joblib, *LONG, f"optimizer.lr={lrs}", f"mlflow.tracking_uri={store}"]
+    return ["-m", *LAUNCHERS[launcher], *LONG, f"optimizer.lr={lrs}",
+            f"mlflow.tracking_uri={store}"]
 
 
 def job_logs(sweep_dir):
@@ -530,7 +534,8 @@ def write_npz(folder, labels_high=9):
 
 
 @pytest.mark.parametrize("launcher", [
-    (), pytest.param(("hydra/launcher=stacked", "hydra.launcher.n_workers=2"),
+    ("hydra/launcher=basic",),
+    pytest.param(("hydra/launcher=stacked", "hydra.launcher.n_workers=2"),
                      marks=pytest.mark.slow)], ids=["basic", "stacked"])
 def test_a_job_that_raises_fails_alone_and_the_sweep_goes_on(tmp_path, store, launcher):
     good, bad = write_npz(tmp_path / "good"), write_npz(tmp_path / "bad", labels_high=200)
@@ -601,7 +606,7 @@ def test_an_interrupted_sweep_resumes_each_config_exactly_once(tmp_path, store):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", [(), ("hydra/launcher=stacked",)],
+@pytest.mark.parametrize("launcher", [("hydra/launcher=basic",), ("hydra/launcher=stacked",)],
                          ids=["basic", "stacked"])
 def test_resume_subcommand_reruns_only_the_failed_job(tmp_path, store, launcher):
     good, bad = write_npz(tmp_path / "good"), write_npz(tmp_path / "bad", labels_high=200)
