@@ -14,6 +14,7 @@ concludes each. A job never raises into Hydra: a failure ends its run FAILED and
 goes on.
 """
 import logging
+import logging.config
 import math
 import socket
 import sys
@@ -146,6 +147,7 @@ class Group:
     env: Dict[str, str] = field(default_factory=dict)  # the jobs' hydra.job.env_set
     # Set when the process is not the jobs' own (a launcher's): where each one's lines go.
     route: Optional[joblog.Routing] = None
+    tags: Dict[str, str] = field(default_factory=dict)  # on each job's run, e.g. how it trained
 
 
 def train(group: Group) -> List[Result]:
@@ -155,8 +157,9 @@ def train(group: Group) -> List[Result]:
             print(f"sweeplab: skipped (stopping on {signals.name(signals.received())}): "
                   f"{job.name}", file=sys.stderr, flush=True)
         return [Killed(signals.received())] * len(group.jobs)
-    process = {resume.PROCESS: resume.this_process()}  # lets resume see the process died
-    contexts = [replace(job.context, extra_tags={**(job.context.extra_tags or {}), **process})
+    # The process: lets resume see it died.
+    extra = {**group.tags, resume.PROCESS: resume.this_process()}
+    contexts = [replace(job.context, extra_tags={**(job.context.extra_tags or {}), **extra})
                 for job in group.jobs]
     shared = group.alone is None and len(group.jobs) > 1
     routed = (nullcontext(contexts) if group.route is None else joblog.job_files(
@@ -178,6 +181,14 @@ def train(group: Group) -> List[Result]:
                         for cfg, c in zip(cfgs, contexts)]
             return [Failed(one_line(err), recorded_run(err) if len(cfgs) == 1 else None)
                     for _ in cfgs]
+
+
+def worker_setup(console: Optional[dict]) -> None:
+    """In a worker process, while its launcher composes the jobs: the console logging of a
+    process that trains several jobs (runner.joblog), then TensorFlow, the slow import."""
+    if console is not None:
+        logging.config.dictConfig(console)
+    import tensorflow  # noqa: F401  (here, not at the top: the CLI's --help must stay fast)
 
 
 def _say_how(group: Group, contexts: List[JobContext], shared: bool) -> None:

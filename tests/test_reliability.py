@@ -341,7 +341,8 @@ def test_a_sweep_whose_launcher_was_killed_resumes_at_once(tmp_path, store, work
                "optimizer.lr=0.01,0.001,0.002,0.003", f"mlflow.tracking_uri={store}",
                f"hydra.sweep.dir={sweep_dir}"], tmp_path, cli_env(tmp_path))
     deadline = time.monotonic() + 300
-    while not any(printed_evaluations(text) for text in job_logs(sweep_dir).values()):
+    while not (sweep_dir.is_dir() and any(printed_evaluations(text)
+                                          for text in job_logs(sweep_dir).values())):
         assert cli.proc.poll() is None and time.monotonic() < deadline, cli.output[-3000:]
         time.sleep(0.2)
     cli.proc.send_signal(signal.SIGKILL)  # nothing of the launcher runs: no run is closed

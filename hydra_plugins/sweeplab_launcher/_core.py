@@ -10,8 +10,9 @@ import logging
 import os
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
@@ -65,24 +66,13 @@ class ComposeOnce:
         return getattr(self._loader, name)
 
 
-class _Later:
-    """Callbacks for `run_job`: Hydra's hear of a job once it is concluded (`finish`)."""
-
-    def on_job_start(self, **kwargs) -> None:
-        pass
-
-    def on_job_end(self, **kwargs) -> None:
-        pass
-
-
 def check_settings(max_stack, n_workers) -> None:
-    """The launcher's own options: a bad one is one line and exit 2."""
+    """The launcher's own options: a bad one is one line and exit 2 (n_workers null = auto)."""
     for option, value, example in (("max_stack", max_stack, 16), ("n_workers", n_workers, 2)):
-        if (option == "max_stack" or value is not None) and (
-                not isinstance(value, int) or value < 1):
+        if (value is not None or option == "max_stack") and not (
+                isinstance(value, int) and value >= 1):
             print(f"sweeplab: error: hydra.launcher.{option}: must be an integer >= 1, got "
-                  f"{value!r}; e.g. hydra.launcher.{option}={example}", file=sys.stderr,
-                  flush=True)
+                  f"{value!r}; e.g. hydra.launcher.{option}={example}", file=sys.stderr)
             sys.exit(2)
 
 
@@ -99,14 +89,8 @@ def start_pool(config, n_workers: Optional[int]) -> Optional[pool.Pool]:
     n = n_workers or pool.choose_workers(count_jobs(config), steps, pool.idle_cores())
     if n == 1:
         return None
-    return pool.Pool(n, jobs.train, worker_setup, (joblog.console_only(logging_conf(config)),))
-
-
-def worker_setup(console: Optional[dict]) -> None:
-    """In each worker, while the launcher composes the jobs: console logging, TensorFlow."""
-    if console is not None:
-        configure_log(OmegaConf.create(console))
-    import tensorflow  # noqa: F401  (the slow import, done early)
+    return pool.Pool(n, jobs.train, jobs.worker_setup,
+                     (joblog.console_only(logging_conf(config)),))
 
 
 def launch(launcher, job_overrides: Sequence[Sequence[str]],
@@ -132,23 +116,24 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]],
     chunks = plan_chunks([one.job.cfg for one in trained], [one.env for one in trained],
                          launcher.max_stack, workers=1 if workers is None else workers.size)
     route = joblog.routing(logging_conf(config))
-    groups = [group_of([trained[i] for i in chunk.members], chunk.alone, route)
-              for chunk in chunks]
+    members = [[trained[i] for i in chunk.members] for chunk in chunks]
+    groups = [jobs.Group([one.job for one in group], chunk.alone, group[0].env, route,
+                         {tags.LAUNCHER: "stacked", tags.STACKED: str(len(group))})
+              for group, chunk in zip(members, chunks)]
     console = joblog.console_only(logging_conf(config))
     if console is not None:  # a process training several jobs has no one job file
         configure_log(OmegaConf.create(console), config.hydra.verbose)
 
     def done(index: int, results: list) -> None:
-        for one, result in zip(groups[index][0], results):
+        for one, result in zip(members[index], results):
             finish(launcher, one, result)
 
     if workers is None:
-        for index, (_, group) in enumerate(groups):
+        for index, group in enumerate(groups):
             done(index, jobs.train(group))
     else:
         launcher.pool = None  # its workers end with this batch
-        workers.run([group for _, group in groups], done,
-                 lambda i, why: done(i, [jobs.Lost(why)] * len(groups[i][0])))
+        workers.run(groups, done, lambda i, why: done(i, [jobs.Lost(why)] * len(members[i])))
     for i, twin in twins.items():
         finish(launcher, ready[i], next(one.ret.return_value for one in ready
                                         if one.job is twin))
@@ -164,21 +149,14 @@ def set_up(launcher, overrides: Sequence[str], idx: int) -> Launched:
     with open_dict(config):
         config.hydra.job.id = idx
         config.hydra.job.num = idx
+    # Hydra's callbacks hear of the job once it is concluded (`finish`), not now.
+    later = SimpleNamespace(on_job_start=lambda **_: None, on_job_end=lambda **_: None)
     ret = run_job(hydra_context=HydraContext(config_loader=context.config_loader,
-                                             callbacks=_Later()),
+                                             callbacks=later),
                   task_function=jobs.accept, config=config, job_dir_key="hydra.sweep.dir",
                   job_subdir_key="hydra.sweep.subdir", configure_logging=False)
     return Launched(config, ret, ret.return_value if ret.status == JobStatus.COMPLETED
                     else None)
-
-
-def group_of(members: List[Launched], alone: Optional[str], route: joblog.Routing):
-    """(the launched jobs, the `jobs.Group` that trains them); each run tagged with how."""
-    how = {tags.LAUNCHER: "stacked", tags.STACKED: str(len(members))}
-    for one in members:
-        one.job.context = replace(one.job.context,
-                                  extra_tags={**(one.job.context.extra_tags or {}), **how})
-    return members, jobs.Group([one.job for one in members], alone, members[0].env, route)
 
 
 @contextmanager
