@@ -18,7 +18,6 @@ import logging.config
 import math
 import socket
 import sys
-import traceback
 from contextlib import nullcontext
 from copy import deepcopy
 from dataclasses import dataclass, field, replace
@@ -174,8 +173,7 @@ def train(group: Group) -> List[Result]:
         except Stopped as stop:  # SIGINT/SIGTERM: the runs are closed KILLED
             return [Killed(stop.signum)] * len(cfgs)
         except Exception as err:  # this group's jobs fail; the sweep's other groups go on
-            log.error("jobs %s failed:\n%s", [job.num for job in group.jobs],
-                      traceback.format_exc())
+            # The traceback is in each FAILED run's error.txt; the console gets one line.
             if recorded_run(err) is None:  # it broke before the jobs' runs were opened
                 return [Failed(one_line(err), _record_failure(cfg, c, err))
                         for cfg, c in zip(cfgs, contexts)]
