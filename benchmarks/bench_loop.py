@@ -14,8 +14,8 @@ Variants (all do the same number of Adam updates on batches of 8):
                     times from Python; batches are still sliced in numpy and fed in.
   fused minimal     one tf.function runs 10 steps per call (tf.range loop, batch indices
                     drawn on the graph); no statistics, returns only the last loss.
-  sweeplab k=...    the engine, `runner.loop.make_train_steps(variant, ...)` with the
-                    variant built by `runner.tasks.image.build_variant`, called like
+  sweeplab k=...    the engine, `runner.engine.make_train_steps` as
+                    `runner.tasks.image.build` assembles it, called like
                     `runner.tasks.image.fit` calls it:
                     k = train.eval_every steps per call. On top of the minimal fused loop it
                     computes per-variable and global gradient norms, clips (clipping=none
@@ -76,7 +76,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 import models  # noqa: E402
 from runner import data, optim  # noqa: E402
 from runner.config import register_configs, validate  # noqa: E402
-from runner.loop import make_train_steps, seed_everything  # noqa: E402
+from runner.engine import seed_everything  # noqa: E402
 from runner.tasks import image  # noqa: E402
 
 REFERENCE = "sweeplab-k10-none"
@@ -104,12 +104,17 @@ def fresh_model_and_optimizer(cfg, splits):
     model = models.build(cfg.model, splits.info)
     steps_per_epoch = len(splits.train.y) // cfg.train.batch_size
     lr_at = optim.schedule(cfg.lr_schedule, cfg.optimizer.lr, steps_per_epoch, cfg.train.steps)
-    return model, optim.optimizer(cfg.optimizer, lr_at), lr_at
+    # The reference loops use Keras' own Adam (the engine's rule is pinned to it in tests).
+    adam = keras.optimizers.Adam(learning_rate=cfg.optimizer.lr, beta_1=cfg.optimizer.beta1,
+                                 beta_2=cfg.optimizer.beta2, epsilon=cfg.optimizer.epsilon)
+    return model, adam, lr_at
 
 
 def data_loss_for(cfg):
     """(labels, logits) -> scalar loss, the same function sweeplab's loop minimises."""
-    return image.loss_fn(cfg.train)
+    per_example = image.PER_EXAMPLE_LOSSES[cfg.train.loss]
+    reduce = tf.reduce_sum if cfg.train.loss_reduction == "sum" else tf.reduce_mean
+    return lambda labels, logits: reduce(per_example(labels, logits))
 
 
 class NumpyBatches:
@@ -201,19 +206,15 @@ def loop_fused_minimal(cfg, splits, steps, per_call=10):
 
 
 def loop_sweeplab(cfg, splits, steps):
-    """The engine with one variant built by the image task, called the way its fit calls it."""
+    """The engine with one job built by the image task, called the way its fit calls it."""
     keras.backend.clear_session()  # drop the previous variant's graphs and layer-name counters
     gc.collect()
-    plan = image.plan(cfg.train, len(splits.train.y))
-    batches = image.ShuffledBatches(splits.train, cfg.train.batch_size, cfg.seed)
-    variant = image.build_variant(cfg, splits, plan, batches)
-    train_steps = make_train_steps(variant, capacity=cfg.train.eval_every,
-                                   jit_compile=cfg.train.jit_compile)
+    train_steps = image.build([cfg]).train_steps
     calls, loss, step = [], None, 0
     while step < steps:
         k = min(cfg.train.eval_every, steps - step)
         started = time.perf_counter()
-        interval = train_steps(k)
+        (interval,) = train_steps(k)
         calls.append((interval.applied, time.perf_counter() - started))
         step += interval.applied
         if interval.applied:

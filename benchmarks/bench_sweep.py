@@ -1,7 +1,12 @@
-"""The mission's 16-job sweep end to end, one launcher after another, side by side in one run.
+"""The mission's sweeps end to end, one launcher after another, side by side in one run.
 
-  python -m runner -m experiment=lenet_clip dataset=mnist_5k \
-      optimizer.lr=0.00005,0.0005,0.005,0.05 clipping=none,value,norm,global_norm
+Workloads (`--workloads`, default s16,r140):
+  s16   python -m runner -m experiment=lenet_clip dataset=mnist_5k \
+            optimizer.lr=0.00005,0.0005,0.005,0.05 clipping=none,value,norm,global_norm
+        (16 jobs) on every launcher
+  r140  python -m runner -m experiment=lr_clip seed=range(5)
+        (7 lr x 4 clipping x 5 seeds = 140 jobs, replicates stacked) on the stacked launcher;
+        its per-job cost is compared with basic's per job on s16 (the same LeNet job)
 
 Each launcher gets a fresh temporary folder (its cwd, sweep dir and sqlite MLflow store):
   basic    Hydra's basic launcher: the 16 jobs one after another in one process
@@ -35,9 +40,13 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SWEEP = ["-m", "experiment=lenet_clip", "dataset=mnist_5k",
-         "optimizer.lr=0.00005,0.0005,0.005,0.05", "clipping=none,value,norm,global_norm"]
-JOBS = 16
+WORKLOADS = {  # name -> (overrides, jobs, launchers it runs on by default)
+    "s16": (["-m", "experiment=lenet_clip", "dataset=mnist_5k",
+             "optimizer.lr=0.00005,0.0005,0.005,0.05", "clipping=none,value,norm,global_norm"],
+            16, ("basic", "joblib", "stacked")),
+    "r140": (["-m", "experiment=lr_clip", "dataset=mnist_5k", "seed=range(5)"], 140,
+             ("stacked",)),
+}
 LAUNCHERS = {
     "basic": ["hydra/launcher=basic"],  # stacked is the default for -m
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
@@ -62,9 +71,9 @@ def installed(launcher, folder):
     return probe.returncode == 0
 
 
-def run_sweep(launcher, folder, steps):
+def run_sweep(workload, launcher, folder, steps):
     """Run the sweep once in `folder`; (wall seconds, CPU seconds, exit code, stderr tail)."""
-    command = [sys.executable, "-m", "runner", *SWEEP, *LAUNCHERS[launcher],
+    command = [sys.executable, "-m", "runner", *WORKLOADS[workload][0], *LAUNCHERS[launcher],
                f"mlflow.tracking_uri=sqlite:///{folder}/mlflow.db",
                f"hydra.sweep.dir={folder}/sweep"]
     if steps:
@@ -99,13 +108,13 @@ def read_store(folder):
     return children
 
 
-def summarise(launcher, wall, cpu, code, stderr, children):
+def summarise(launcher, jobs, wall, cpu, code, stderr, children):
     """One row of numbers plus the warning lines for `launcher`."""
     warnings = []
     if code != 0:
         warnings.append(f"{launcher}: exit code {code}: {' | '.join(stderr)[-300:]}")
-    if len(children) != JOBS:
-        warnings.append(f"{launcher}: {len(children)} child runs in the store, expected {JOBS}")
+    if len(children) != jobs:
+        warnings.append(f"{launcher}: {len(children)} child runs in the store, expected {jobs}")
     unfinished = [r.info.run_name for r, _, _ in children if r.info.status != "FINISHED"]
     if unfinished:
         warnings.append(f"{launcher}: not FINISHED: {', '.join(unfinished)}")
@@ -117,7 +126,7 @@ def summarise(launcher, wall, cpu, code, stderr, children):
         values = [v for v in values if v is not None]
         return statistics.mean(values) if values else None
 
-    row = {"wall": wall, "cpu": cpu,
+    row = {"wall": wall, "cpu": cpu, "jobs": jobs,
            "ok": sum(1 for r, _, has in children if r.info.status == "FINISHED" and has),
            "run_wall": mean([(r.info.end_time - r.info.start_time) / 1e3
                              for r, _, _ in children if r.info.end_time]),
@@ -134,27 +143,29 @@ def cell(value, width, digits=2):
 
 
 def report(rows, skipped, steps):
-    basic = rows.get("basic")
-    lines = [f"16-job sweep (experiment=lenet_clip dataset=mnist_5k, 4 lr x 4 clipping), "
-             f"train.steps={steps or 'preset (1000)'}; nproc={len(os.sched_getaffinity(0))}",
-             "", f"{'launcher':<9} {'wall s':>8} {'x basic':>8} {'CPU s':>8} {'jobs ok':>8}"]
-    for name, row in rows.items():
-        speedup = f"{basic['wall'] / row['wall']:.2f}x" if basic else "-"
-        lines.append(f"{name:<9} {row['wall']:>8.1f} {speedup:>8} {row['cpu']:>8.1f} "
-                     f"{row['ok']:>5}/{JOBS}")
-    for name in skipped:
-        lines.append(f"{name:<9} n/a (not installed)")
-    lines += ["", "per job, mean over children, seconds ('-' = metric not logged; "
-              "x basic above: > 1 = faster than basic):",
-              f"{'launcher':<9} {'wall/16':>8} " + " ".join(f"{t:>8}" for t in TIMERS)
+    """rows: {(workload, launcher): row}. Ratios against basic's wall time per job on s16."""
+    basic = rows.get(("s16", "basic"))
+    lines = [f"train.steps={steps or 'preset (1000)'}; nproc={len(os.sched_getaffinity(0))}; "
+             "x basic = basic's wall per job on s16 / this row's wall per job (> 1 = faster)",
+             "", f"{'workload':<9} {'launcher':<9} {'jobs':>5} {'wall s':>8} {'s/job':>7} "
+             f"{'x basic':>8} {'CPU s':>8} {'jobs ok':>8}"]
+    for (workload, name), row in rows.items():
+        per_job = row["wall"] / row["jobs"]
+        speedup = f"{basic['wall'] / basic['jobs'] / per_job:.2f}x" if basic else "-"
+        lines.append(f"{workload:<9} {name:<9} {row['jobs']:>5} {row['wall']:>8.1f} "
+                     f"{per_job:>7.2f} {speedup:>8} {row['cpu']:>8.1f} "
+                     f"{row['ok']:>4}/{row['jobs']}")
+    for workload, name in skipped:
+        lines.append(f"{workload:<9} {name:<9} n/a (not installed)")
+    lines += ["", "per job, mean over children, seconds ('-' = metric not logged):",
+              f"{'workload':<9} {'launcher':<9} " + " ".join(f"{t:>8}" for t in TIMERS)
               + f" {'mlflow run':>10} {'train_s':>8}"]
-    for name, row in rows.items():
-        lines.append(f"{name:<9} {row['wall'] / JOBS:>8.2f} "
-                     + " ".join(cell(row[t], 8) for t in TIMERS)
+    for (workload, name), row in rows.items():
+        lines.append(f"{workload:<9} {name:<9} " + " ".join(cell(row[t], 8) for t in TIMERS)
                      + f" {cell(row['run_wall'], 10)} {cell(row['train_seconds'], 8)}")
-    lines.append("wall/16: sweep wall time per job. mlflow run: a child run's create -> "
-                 "terminated time. train_s: the runner's train_seconds metric (compiled "
-                 "training calls incl. tracing).")
+    lines.append("mlflow run: a child run's create -> terminated time. train_s: the runner's "
+                 "train_seconds metric (compiled training calls incl. tracing, a stacked "
+                 "job's share).")
     return lines
 
 
@@ -162,29 +173,37 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--steps", type=int, help="override train.steps (default: the "
                         "preset's 1000) for a quick run")
-    parser.add_argument("--launchers", default="basic,joblib,stacked",
-                        help="comma-separated, from: " + ",".join(LAUNCHERS))
+    parser.add_argument("--launchers", default=None,
+                        help="comma-separated, from: " + ",".join(LAUNCHERS)
+                        + " (default: each workload's own)")
+    parser.add_argument("--workloads", default="s16,r140",
+                        help="comma-separated, from: " + ",".join(WORKLOADS))
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary folders (sweep dirs, stores) and print them")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.launchers.split(",") if n.strip()]
-    unknown = [n for n in names if n not in LAUNCHERS]
-    if unknown or not names:
-        parser.error(f"--launchers: unknown {', '.join(unknown) or '(none)'}; "
-                     f"choose from {','.join(LAUNCHERS)}")
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if not workloads or any(w not in WORKLOADS for w in workloads):
+        parser.error(f"--workloads: choose from {','.join(WORKLOADS)}")
+    names = None if args.launchers is None else [
+        n.strip() for n in args.launchers.split(",") if n.strip()]
+    if names is not None and (not names or any(n not in LAUNCHERS for n in names)):
+        parser.error(f"--launchers: choose from {','.join(LAUNCHERS)}")
+    plan = [(w, n) for w in workloads for n in (names or WORKLOADS[w][2])]
 
     load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rows, skipped, warnings = {}, [], []
-    for name in names:
-        folder = tempfile.mkdtemp(prefix=f"bench_sweep_{name}_")
+    for workload, name in plan:
+        folder = tempfile.mkdtemp(prefix=f"bench_sweep_{workload}_{name}_")
         try:
             if not installed(name, folder):
-                skipped.append(name)
+                skipped.append((workload, name))
                 continue
-            print(f"  {name} ...", end="", flush=True, file=sys.stderr)
-            wall, cpu, code, stderr = run_sweep(name, folder, args.steps)
+            print(f"  {workload} {name} ...", end="", flush=True, file=sys.stderr)
+            wall, cpu, code, stderr = run_sweep(workload, name, folder, args.steps)
             print(f" {wall:.1f} s", file=sys.stderr, flush=True)
-            rows[name], found = summarise(name, wall, cpu, code, stderr, read_store(folder))
+            rows[(workload, name)], found = summarise(f"{workload} {name}",
+                                                      WORKLOADS[workload][1], wall, cpu, code,
+                                                      stderr, read_store(folder))
             warnings += found
         finally:
             if args.keep:

@@ -9,15 +9,14 @@ reports at its end (runner/sweep.py).
 import os
 import sys
 
-# Quiet TensorFlow's C++ start-up chatter before it is imported anywhere.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import hydra
+from omegaconf import DictConfig
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from runner import jobs, progress, resume as sweep_resume, signals, sweep, sync  # noqa: E402
-from runner.config import register_configs  # noqa: E402
-from runner.help import register_help_resolver  # noqa: E402
+# runner/__init__.py has set TF_CPP_MIN_LOG_LEVEL by now. Nothing below loads MLflow,
+# matplotlib or TensorFlow: `--help` prints without them (tests/test_help.py).
+from runner import jobs, progress, resume as sweep_resume, signals, sweep, sync
+from runner.config import register_configs
+from runner.help import register_help_resolver
 
 register_configs()
 register_help_resolver()  # `--help` lists the options from conf/

@@ -7,22 +7,31 @@ without a traceback. This module imports nothing heavy (no TensorFlow, Keras or 
 CLI can call `validate` before TensorFlow loads: a typo costs a second, not ten.
 
 Each closed set of option names is defined once, below; schema comments refer to it, the
-checks use it, and tests/test_option_sets.py holds every dispatch dict (CLIPPERS, OPTIMIZERS,
+checks use it, and tests/test_option_sets.py holds every dispatch table (clipping.MODES, optim.RULES,
 models.MODELS, ...) to it.
 
 Groups whose options are variants of one thing (optimizer, clipping, regularizer,
 lr_schedule, dataset) share one schema, so a sweep such as
 `clipping=none,value,norm,global_norm clipping.clip_norm=5` composes for every option.
-Models differ in shape, so each model option has its own schema (MODEL_SCHEMAS).
+Models differ in shape, so each model option has its own schema (MODEL_SCHEMAS); so does
+`dataset=custom` (DATASET_SCHEMAS). `model=custom` and `dataset=custom` name the user's own
+functions by `module:function` (docs/your-model.md): `validate` imports the module and checks
+the function's signature, calling nothing; what the functions return is checked where it is
+used (models/custom.py, runner/data.py).
 """
 import dataclasses
+import importlib
+import inspect
 import math
+import os
+import sys
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import MISSING, OmegaConf
 
 from runner.results import METRICS
 
@@ -33,10 +42,12 @@ class ConfigError(ValueError):
 
 # ---------------------------------------------------------------- closed option sets
 
-DATASETS = ("mnist", "mnist_5k", "fashion_mnist", "ptb")
+DATASETS = ("mnist", "mnist_5k", "fashion_mnist", "ptb", "custom")
 TEXT_DATASETS = ("ptb",)  # word sequences; the others are 28x28 images
 IMAGE_DATASETS = tuple(name for name in DATASETS if name not in TEXT_DATASETS)
 TEXT_MODELS = ("lstm_lm",)  # the model names of MODEL_SCHEMAS (below) that read text
+# The option of the model and dataset groups that calls the user's own code (docs/your-model.md).
+CUSTOM = "custom"
 OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop")
 CLIPPING_MODES = ("none", "value", "norm", "global_norm")
 REGULARIZERS = ("none", "l2", "l1")
@@ -87,6 +98,31 @@ class DatasetConfig:
     test_fraction: float = 0.2
     # Pixels are divided by this (255 maps to [0, 1]; seed 002 divides raw pixels by 50).
     input_divisor: float = 255.0
+
+
+@dataclass
+class CustomDatasetConfig:
+    # The user's arrays (docs/your-model.md): `loader` names a function that returns
+    # (x_train, y_train, x_test, y_test) as NumPy arrays, inputs as the model takes them
+    # (no input_divisor) and integer class labels 0..num_classes-1.
+    name: str = CUSTOM
+    loader: str = MISSING  # "module:function", imported from the working directory or PYTHONPATH
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # passed to the loader as keywords
+    val_fraction: float = 0.1
+    # Used only when the loader returns None for x_test and y_test.
+    test_fraction: float = 0.2
+    # null = 1 + the largest label; set it when some class has no example in the arrays.
+    num_classes: Optional[int] = None
+
+
+@dataclass
+class CustomModelConfig:
+    # The user's Keras model (docs/your-model.md): `factory` names a function called as
+    # factory(input_shape=..., num_classes=..., **kwargs) that returns a keras.Model whose
+    # outputs are logits [batch, num_classes].
+    name: str = CUSTOM
+    factory: str = MISSING  # "module:function", imported from the working directory or PYTHONPATH
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # `++model.kwargs.width=64` adds one
 
 
 @dataclass
@@ -214,8 +250,9 @@ class PlotsConfig:
 
 @dataclass
 class MLflowConfig:
-    # null = sqlite:///<cwd>/outputs/mlflow.db. Relative sqlite/file paths are made absolute
-    # so that every job of a sweep writes to the same store. Scheme: one of TRACKING_URI_SCHEMES.
+    # null = $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/outputs/mlflow.db (runner.store.resolve,
+    # the rule `sweeplab report` follows too). Relative sqlite/file paths are made absolute so
+    # that every job of a sweep writes to the same store. Scheme: one of TRACKING_URI_SCHEMES.
     tracking_uri: Optional[str] = None
     experiment_name: str = "sweeplab"
     # Where a new experiment keeps artifacts; null = <cwd>/outputs/mlartifacts.
@@ -224,14 +261,15 @@ class MLflowConfig:
 
 @dataclass
 class ReportConfig:
-    # The sweep report's metric (map colour, best-first order): null = val_loss, or
-    # valid_perplexity for the language model. One of runner.results.METRICS.
+    # The sweep report's metric (map colour, best-first order): null = the task's ranking
+    # metric (val_loss_tail: the mean of the last 10 evaluations; valid_perplexity for the
+    # language model). One of runner.results.METRICS.
     metric: Optional[str] = None
 
 
 @dataclass
 class Config:
-    dataset: DatasetConfig = MISSING
+    dataset: Any = MISSING  # DatasetConfig, or DATASET_SCHEMAS[dataset.name]
     model: Any = MISSING  # one of MODEL_SCHEMAS, picked by model.name
     optimizer: OptimizerConfig = MISSING
     clipping: ClippingConfig = MISSING
@@ -246,9 +284,15 @@ class Config:
 
 # The closed set of model names (`model.name`): each with its own schema.
 MODEL_SCHEMAS = {"lenet": LeNetConfig, "mlp": MLPConfig, "alexnet": AlexNetConfig,
-                 "lstm_lm": LSTMLMConfig}
+                 "lstm_lm": LSTMLMConfig, CUSTOM: CustomModelConfig}
 MODELS = tuple(MODEL_SCHEMAS)
 IMAGE_MODELS = tuple(name for name in MODELS if name not in TEXT_MODELS)
+# Datasets whose keys differ from DatasetConfig's; every other dataset option shares that one.
+DATASET_SCHEMAS = {CUSTOM: CustomDatasetConfig}
+
+
+def dataset_schema(name: str):
+    return DATASET_SCHEMAS.get(name, DatasetConfig)
 
 
 def register_configs() -> None:
@@ -263,6 +307,8 @@ def register_configs() -> None:
         ("lr_schedule", LRScheduleConfig),
     ]:
         cs.store(group=f"schema/{group}", name="base", node=schema)
+    for name, schema in DATASET_SCHEMAS.items():
+        cs.store(group="schema/dataset", name=name, node=schema)
     for name, schema in MODEL_SCHEMAS.items():
         cs.store(group="schema/model", name=name, node=schema)
 
@@ -321,6 +367,10 @@ def _check_keys(node, schema, prefix: str) -> None:
                  f"remove it or check the spelling — valid {where}: "
                  f"{', '.join(sorted(fields))}")
     for key, kind in fields.items():
+        if OmegaConf.is_missing(node, key):  # `???`
+            _require(f"{prefix}{key}" in USER_CODE_EXAMPLES, f"{prefix}{key}", "not set (???)",
+                     f"set it, e.g. {prefix}{key}=VALUE")
+            continue  # model.factory, dataset.loader: validate says how to set them
         _require(key in node, f"{prefix}{key}", "missing (deleted with '~')",
                  f"drop the ~{prefix}{key} override")
         if dataclasses.is_dataclass(kind):
@@ -330,15 +380,171 @@ def _check_keys(node, schema, prefix: str) -> None:
 def check_known_keys(cfg) -> None:
     """Hydra adds `+typo=1` and `+train.foo=1` without complaint: reject what no schema has."""
     _check_keys(cfg, Config, "")
+    for group, key in (("dataset", "loader"), ("model", "factory")):
+        # `dataset.name=custom` renames another option, whose keys are not custom's.
+        _require(cfg[group].name != CUSTOM or key in cfg[group]
+                 or OmegaConf.is_missing(cfg[group], key), f"{group}.name",
+                 f"{CUSTOM} is an option of its own (with {group}.{key})",
+                 f"pick it with {group}={CUSTOM}, e.g. {_example(f'{group}.{key}')}")
+    _check_keys(cfg.dataset, dataset_schema(cfg.dataset.name), "dataset.")
     schema = MODEL_SCHEMAS.get(cfg.model.name)
     if schema is not None:  # an unknown model.name is reported by validate_model
         _check_keys(cfg.model, schema, "model.")
+
+
+# ---------------------------------------------------------------- the user's code
+
+# What a missing or malformed `module:function` is told to look like.
+USER_CODE_EXAMPLES = {
+    "model.factory": "model.factory=my_model:build (def build(input_shape, num_classes) in "
+                     "./my_model.py, returning a keras.Model with logits)",
+    "dataset.loader": "dataset.loader=my_data:load (def load() in ./my_data.py, returning "
+                      "x_train, y_train, x_test, y_test)",
+}
+
+
+def _example(option: str) -> str:
+    return USER_CODE_EXAMPLES.get(option, f"{option}=module:function")
+
+
+def user_code_dirs() -> List[str]:
+    """Where a user's module is looked for besides PYTHONPATH: the folder the command was
+    started in (`python -m runner` has it on sys.path, the `sweeplab` script does not)."""
+    dirs = [os.getcwd()]
+    if HydraConfig.initialized():  # hydra.job.chdir=true moves the job: keep the user's folder
+        dirs.insert(0, HydraConfig.get().runtime.cwd)
+    return dirs
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, SyntaxError):
+        return f"SyntaxError: {err.msg} ({err.filename}, line {err.lineno})"
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+# sweeplab's own top-level packages: a user's module of the same name is never the one imported.
+SWEEPLAB_PACKAGES = ("runner", "models", "hydra_plugins")
+
+
+def import_target(path: str, option: str) -> Callable:
+    """The function that `path` ("module:function") names, its module imported from the user's
+    folder or PYTHONPATH; a ConfigError naming `option` if it cannot be found or called.
+
+    Imports the module but calls nothing: the check costs what the import costs.
+    """
+    module_name, _, attr = str(path).partition(":")
+    _require(bool(module_name) and bool(attr) and ":" not in attr, option,
+             f"{path!r} is not module:function", f"e.g. {_example(option)}")
+    _require(module_name.split(".")[0] not in SWEEPLAB_PACKAGES, option,
+             f"{module_name.split('.')[0]!r} is the name of one of sweeplab's own packages "
+             f"({', '.join(SWEEPLAB_PACKAGES)})", "rename your module, e.g. my_models.py")
+    for folder in user_code_dirs():
+        if folder not in sys.path:
+            sys.path.append(folder)  # after sweeplab's own packages: a user's file shadows none
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
+            raise ConfigError(
+                f"{option}: no module {err.name!r} in {user_code_dirs()[0]} or on PYTHONPATH; run "
+                f"from the folder that holds {module_name.replace('.', '/')}.py or add that "
+                f"folder to PYTHONPATH") from None
+        raise ConfigError(f"{option}: importing {module_name} failed ({_one_line(err)}); "
+                          f"install what it imports") from None
+    except Exception as err:  # the module itself is broken: its error, in one line
+        raise ConfigError(f"{option}: importing {module_name} raised {_one_line(err)}; fix "
+                          f"{getattr(err, 'filename', None) or module_name}") from None
+    target = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            functions = sorted(name for name, value in vars(module).items()
+                               if inspect.isfunction(value) and not name.startswith("_")
+                               and value.__module__ == module.__name__)
+            raise ConfigError(f"{option}: module {module_name} ({getattr(module, '__file__', '?')})"
+                              f" has no {attr!r}; its functions: {', '.join(functions) or 'none'}")
+        target = getattr(target, part)
+    _require(callable(target), option,
+             f"{path} is not a function (it is of type {type(target).__name__})",
+             f"name a function, e.g. {_example(option)}")
+    return target
+
+
+def _takes(signature: inspect.Signature, name: str) -> bool:
+    return name in signature.parameters or any(
+        p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+
+
+def check_call(fn: Callable, path: str, option: str, kwargs_option: str, required=(),
+               kwargs=None) -> None:
+    """`fn` (named `path` by `option`) can be called with the keywords `required` (sweeplab's)
+    and `kwargs` (the user's, from `kwargs_option`); checked on the signature, nothing runs."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a signature: the call will tell
+        return
+    for name in required:
+        _require(_takes(signature, name), option, f"{path}{signature} takes no {name!r}",
+                 f"sweeplab calls it as {path.partition(':')[2]}("
+                 f"{', '.join(f'{n}=...' for n in required)}, **{kwargs_option})")
+    try:
+        signature.bind(**{name: None for name in required}, **(kwargs or {}))
+    except TypeError as err:
+        given = ", ".join([*required, *(kwargs or {})]) or "no arguments"
+        raise ConfigError(f"{kwargs_option}: {path}{signature} {err} (called with {given}); "
+                          f"add a keyword with ++{kwargs_option}.NAME=VALUE, drop one with "
+                          f"~{kwargs_option}.NAME") from None
+
+
+def user_kwargs(node) -> Dict[str, Any]:
+    """`model.kwargs` / `dataset.kwargs` as plain Python values for the user's function."""
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+
+
+def _validate_user_code(cfg, key: str, group: str, required=()) -> None:
+    """`{group}.{key}` is set and names a function that takes `required` and `{group}.kwargs`."""
+    option = f"{group}.{key}"
+    _require(not OmegaConf.is_missing(cfg, key), option,
+             f"not set ({group}={CUSTOM} calls your own function)", f"e.g. {_example(option)}")
+    fn = import_target(cfg[key], option)
+    check_call(fn, cfg[key], option, f"{group}.kwargs", required, user_kwargs(cfg.kwargs))
+
+
+def check_option_files() -> None:
+    """A user's option file (--config-dir, hydra.searchpath) that has the name of one of
+    sweeplab's is never read: Hydra reads sweeplab's conf/ first. Picking it is an error."""
+    if not HydraConfig.initialized():
+        return
+    runtime = HydraConfig.get().runtime
+    sources = [s for s in runtime.config_sources if s.schema == "file"]
+    main = [s.path for s in sources if s.provider == "main"]
+    for group, choice in runtime.choices.items():
+        if choice is None or not main or group.startswith("hydra"):
+            continue
+        ours = os.path.join(main[0], group, f"{choice}.yaml")
+        for source in sources:
+            theirs = os.path.join(source.path, group, f"{choice}.yaml")
+            _require(source.provider == "main" or not os.path.isfile(ours)
+                     or not os.path.isfile(theirs), f"{group}={choice}",
+                     f"sweeplab has its own {group}/{choice}.yaml, which Hydra reads instead of "
+                     f"{theirs}", f"rename yours, e.g. {group}=my_{choice}")
+
+
+def _validate_custom_dataset(cfg) -> None:
+    _within(cfg.val_fraction, "dataset.val_fraction", 0, 1, 0.1, closed=(False, False))
+    _within(cfg.test_fraction, "dataset.test_fraction", 0, 1, 0.2, closed=(False, False))
+    _require(cfg.num_classes is None or cfg.num_classes >= 2, "dataset.num_classes",
+             f"must be >= 2 or null, got {cfg.num_classes}", "e.g. dataset.num_classes=10")
+    _validate_user_code(cfg, "loader", "dataset")
 
 
 # ---------------------------------------------------------------- value checks per group
 
 def validate_dataset(cfg) -> None:
     _one_of(cfg.name, "dataset.name", DATASETS)
+    if cfg.name == CUSTOM:
+        _validate_custom_dataset(cfg)
+        return
     if cfg.name in TEXT_DATASETS:
         _require(bool(cfg.data_dir), "dataset.data_dir",
                  f"not set, dataset={cfg.name} has no default location", PTB_WHERE)
@@ -386,6 +592,9 @@ def validate_model(cfg) -> None:
     _one_of(cfg.name, "model.name", MODELS)
     if cfg.name in TEXT_MODELS:
         _validate_lstm(cfg)
+        return
+    if cfg.name == CUSTOM:
+        _validate_user_code(cfg, "factory", "model", required=("input_shape", "num_classes"))
         return
     _validate_init(cfg)
     if cfg.name == "mlp":
@@ -518,6 +727,7 @@ def validate(cfg) -> None:
     Order: keys first (a typo may explain the rest), then the names that pick code, then
     whether model and dataset fit (before dataset=ptb asks for its data_dir), then values.
     """
+    check_option_files()
     check_known_keys(cfg)
     _one_of(cfg.dataset.name, "dataset.name", DATASETS)
     _one_of(cfg.model.name, "model.name", MODELS)

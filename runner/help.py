@@ -6,7 +6,7 @@ Hydra prints `hydra.help.template` (conf/config.yaml), which calls `${sweeplab_g
 resolver below, registered before Hydra composes. Reads files only; imports nothing heavy.
 """
 import os
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Sequence
 
 from omegaconf import OmegaConf
 
@@ -47,10 +47,17 @@ def _block(title: str, options: Mapping[str, str], chosen: str, width: int) -> L
                       for name, text in options.items()]
 
 
-def groups_help(choices: Mapping[str, str], conf_dir: str = CONF_DIR) -> str:
+def groups_help(choices: Mapping[str, str], conf_dir: str = CONF_DIR,
+                extra_dirs: Sequence[str] = ()) -> str:
     """The help's middle: each group with its options (`*` = chosen by this command line), then
-    the presets, then the launchers."""
+    the presets, then the launchers. `extra_dirs`: a user's config folders (--config-dir,
+    hydra.searchpath), whose options join sweeplab's; on a clash sweeplab's file is the one
+    Hydra reads, so its line is the one shown."""
     groups = option_summaries(conf_dir)
+    for folder in extra_dirs:
+        for group, options in option_summaries(folder).items():
+            groups[group] = dict(sorted({**options, **groups.get(group, {})}.items()))
+    groups = dict(sorted(groups.items()))
     presets = groups.pop(PRESETS, {})
     launchers = {**PLUGIN_LAUNCHERS, **groups.pop(LAUNCHERS, {})}
     width = 3 + max(len(name) for options in (*groups.values(), presets, launchers)
@@ -66,9 +73,17 @@ def groups_help(choices: Mapping[str, str], conf_dir: str = CONF_DIR) -> str:
     return "\n".join(lines).replace("$", "$$")
 
 
+def user_conf_dirs(sources) -> List[str]:
+    """The folders of `hydra.runtime.config_sources` other than sweeplab's own conf/."""
+    return [str(source.path) for source in sources or ()
+            if source.schema == "file" and source.provider != "main"
+            and os.path.isdir(str(source.path))]
+
+
 def _resolve_groups(*, _root_) -> str:
     choices = OmegaConf.select(_root_, "hydra.runtime.choices", default=None) or {}
-    return groups_help(choices)
+    sources = OmegaConf.select(_root_, "hydra.runtime.config_sources", default=None)
+    return groups_help(choices, extra_dirs=user_conf_dirs(sources))
 
 
 def register_help_resolver() -> None:

@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import env_override
 from omegaconf import OmegaConf
 
-from runner import joblog, resume, signals, store, sweep, tags, tasks
+from runner import data, joblog, resume, signals, store, sweep, tags, tasks
 from runner.config import ConfigError, validate
 from runner.outbox import one_line
 from runner.tracking import (JobContext, Stopped, config_hash, experiment_id, record_failure,
@@ -167,6 +167,9 @@ def train(group: Group) -> List[Result]:
         _say_how(group, contexts, shared)
         cfgs = [job.cfg for job in group.jobs]
         try:
+            # The group's dataset (one for all: it is part of the graph), read before
+            # TensorFlow loads: a damaged file is one line, not TensorFlow's start-up first.
+            data.read_ahead(cfgs[0])
             return [float(value) for value in tasks.run_group(cfgs, contexts)]
         except ConfigError as err:  # found while training, e.g. a batch larger than the data
             return [Rejected(str(err))] * len(cfgs)
@@ -244,7 +247,7 @@ def close_lost(job: Job, why: str) -> str:
         query = (f"tags.`{tags.CONFIG_HASH}` = '{config_hash(job.cfg)}' and "
                  f"attributes.status = 'RUNNING'")
         if job.context.parent_run_id:
-            query += f" and tags.mlflow.parentRunId = '{job.context.parent_run_id}'"
+            query += f" and tags.`{tags.PARENT_RUN}` = '{job.context.parent_run_id}'"
         left = [run for run in client.search_runs(
                     [experiment_id(client, job.cfg.mlflow, uri)], query, max_results=100)
                 if resume.process_gone(run.data.tags.get(resume.PROCESS, ""))]

@@ -8,6 +8,11 @@ appended to `mlflow_pending.jsonl` in the job's output folder (artifacts copied 
 `mlflow_pending_files/`), and one line on stderr says where. `sweeplab sync <dir>` replays the
 file with `replay` (creating the run if it never got created).
 
+A full disk is not waited out: a store that reports it (sqlite's "database or disk is full")
+is given up on at once. If the journal cannot be written either, the run's remaining writes
+are dropped, one line on stderr says so, and `lost` holds why: the thread never dies, and
+the run's owner (TrackedRun) fails the job.
+
 Ops: {"op": "create_run", "experiment_name", "artifact_location", "run_name", "tags",
 "start_time"} · {"op": "log_batch", "metrics": [[key, value, ms, step]], "params": [[k, v]],
 "tags": [[k, v]]} · {"op": "log_artifact", "path", "artifact_path"} · {"op": "set_terminated",
@@ -22,16 +27,17 @@ import shutil
 import sys
 import threading
 import time
-from typing import Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
-from mlflow.entities import Param, RunTag
-from mlflow.tracking import MlflowClient
+from runner import store, tags
 
-from runner import bulk_metrics, store
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
 JOURNAL_STEM = "mlflow_pending"  # <stem>.jsonl, or <stem>-2.jsonl, ... if taken
+OPS = ("create_run", "log_batch", "log_artifact", "set_terminated")  # what a journal line holds
 MAX_QUEUED = 200  # op batches waiting in memory (each <= 1000 metrics); then put() waits
 CLOSE_WAIT_SECONDS = 120.0  # closing waits this long for the thread (it gives up sooner)
 _CLOSE = object()
@@ -54,12 +60,17 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def apply(client: MlflowClient, run_id: Optional[str], op: dict,
+def apply(client: "MlflowClient", run_id: Optional[str], op: dict,
           base_dir: Optional[str] = None) -> Optional[str]:
     """Carry out one op on the store; returns the run id (a create_run op makes it).
 
     `base_dir` resolves the relative artifact paths of a journal.
     """
+    # Lazy: the CLI imports this module, and `sweeplab --help` must not load MLflow.
+    from mlflow.entities import Param, RunTag
+
+    from runner import bulk_metrics
+
     kind = op["op"]
     if kind == "create_run":
         exp_id = store.ensure_experiment(client, op["experiment_name"], op["artifact_location"])
@@ -77,22 +88,28 @@ def apply(client: MlflowClient, run_id: Optional[str], op: dict,
     elif kind == "set_terminated":
         client.set_terminated(run_id, op["status"], end_time=op["end_time"])
     else:
-        raise ValueError(f"unknown op {kind!r}")
+        raise ValueError(f"unknown op {kind!r}; one of {', '.join(OPS)}")
     return run_id
+
+
+class WritesLost(OSError):
+    """A run's writes reached neither its store nor its journal (e.g. a full disk)."""
 
 
 class Outbox:
     """Sends one run's ops in order from a background thread; journals them on giving up."""
 
-    def __init__(self, client: MlflowClient, run_id: Optional[str], journal_dir: str,
+    def __init__(self, client: "MlflowClient", run_id: Optional[str], journal_dir: str,
                  header: dict, offline_because: Optional[BaseException] = None):
         self.client, self.run_id = client, run_id
         self.journal_dir, self.header = journal_dir, header
         self.journal_path: Optional[str] = None
+        self.lost: Optional[BaseException] = None  # why writes were dropped (nowhere to go)
+        self.dropped = 0  # how many ops were dropped
         self.queue: "queue.Queue" = queue.Queue(maxsize=MAX_QUEUED)
         self.lock = threading.Lock()  # journal writes: the thread, or close() if it hangs
         if offline_because is not None:
-            self._give_up(offline_because)
+            self._give_up_safely(offline_because)
         self.thread = threading.Thread(target=self._send_all, daemon=True,
                                        name=f"sweeplab-outbox-{header.get('run_name', '')}")
         self.thread.start()
@@ -105,14 +122,14 @@ class Outbox:
         self.queue.put(_CLOSE)
         self.thread.join(CLOSE_WAIT_SECONDS)
         if self.thread.is_alive():  # stuck inside one request: save the rest ourselves
-            self._give_up(TimeoutError(f"no answer within {CLOSE_WAIT_SECONDS:.0f} s"))
+            self._give_up_safely(TimeoutError(f"no answer within {CLOSE_WAIT_SECONDS:.0f} s"))
             while True:
                 try:
                     op = self.queue.get_nowait()
                 except queue.Empty:
                     break
                 if op is not _CLOSE:
-                    self._journal(op)
+                    self._journal_or_drop(op)
         return self.journal_path
 
     # ------------------------------------------------------------ the thread
@@ -127,8 +144,9 @@ class Outbox:
             if op is _CLOSE:
                 return
             if op is not None:
-                if self.journal_path is not None or not self._send(op):
-                    self._journal(op)
+                if self.lost is None and self.journal_path is None and self._send(op):
+                    continue
+                self._journal_or_drop(op)
             if time.monotonic() >= next_beat:
                 self._beat()
                 next_beat = time.monotonic() + store.heartbeat_seconds()
@@ -141,6 +159,9 @@ class Outbox:
                 self.run_id = apply(self.client, self.run_id, op)
                 return True
             except Exception as err:
+                if store.is_disk_full(err):  # waiting will not make room: journal it now
+                    self._give_up_safely(err)
+                    return False
                 if not store.is_transient(err):
                     # A refused request (e.g. a param changed value): retrying or saving it
                     # for later cannot make the store accept it.
@@ -150,19 +171,48 @@ class Outbox:
                 now = time.monotonic()
                 first_failure = first_failure or now
                 if now - first_failure >= give_up_seconds():
-                    self._give_up(err)
+                    self._give_up_safely(err)
                     return False
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
     def _beat(self) -> None:
-        if self.journal_path is None and self.run_id is not None:
+        if self.journal_path is None and self.lost is None and self.run_id is not None:
             try:
                 store.beat(self.client, self.run_id)
             except Exception:  # the next op finds out whether the store is really gone
                 pass
 
     # ------------------------------------------------------------ the journal
+
+    def _give_up_safely(self, err: BaseException) -> None:
+        """Switch to the journal; if it cannot be opened, drop what follows (see `_drop`)."""
+        try:
+            self._give_up(err)
+        except OSError as journal_err:
+            self._drop(err, journal_err)
+
+    def _journal_or_drop(self, op: dict) -> None:
+        if self.lost is None and self.journal_path is not None:
+            try:
+                self._journal(op)
+                return
+            except OSError as err:
+                self._drop(None, err)
+        self.dropped += 1
+
+    def _drop(self, store_err: Optional[BaseException], journal_err: OSError) -> None:
+        """Neither the store nor the journal takes writes: say so once, drop the rest."""
+        if self.lost is not None:
+            return
+        self.lost = journal_err
+        where = self.journal_path or os.path.join(self.journal_dir, f"{JOURNAL_STEM}.jsonl")
+        store_part = (f"mlflow.tracking_uri {self.header['tracking_uri']}: {one_line(store_err)}"
+                      f"; " if store_err is not None else "")
+        print(f"sweeplab: error: run {self.header.get('run_name')}: {store_part}cannot save its "
+              f"writes in {where} either ({one_line(journal_err)}): they are lost; free space "
+              f"(or point hydra.sweep.dir elsewhere) and run the job again", file=sys.stderr,
+              flush=True)
 
     def _give_up(self, err: BaseException) -> None:
         """Open the journal (header first) and say, once, where this run's writes go."""
@@ -178,8 +228,12 @@ class Outbox:
                 except FileExistsError:
                     n += 1
                     path = os.path.join(self.journal_dir, f"{JOURNAL_STEM}-{n}.jsonl")
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps({**self.header, "run_id": self.run_id}) + "\n")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps({**self.header, "run_id": self.run_id}) + "\n")
+            except OSError:
+                os.remove(path)  # a journal without its header could not be replayed
+                raise
             self.journal_path = path
         uri = self.header["tracking_uri"]
         print(f"sweeplab: warning: mlflow.tracking_uri {uri}: {one_line(err)}; run "
@@ -202,16 +256,24 @@ class Outbox:
 # ---------------------------------------------------------------- replaying a journal
 
 def read_journal(path: str) -> Tuple[dict, list]:
-    """(header, ops); a last line cut short by a killed process is left out."""
+    """(header, ops). A line that is not an op (a last line cut short by a killed process, or
+    garbage) is left out, with one warning line naming the file and the line number."""
     with open(path) as f:
-        lines = [line for line in f.read().splitlines() if line.strip()]
-    header, ops = json.loads(lines[0]), []
-    for number, line in enumerate(lines[1:], start=2):
+        lines = f.read().splitlines()
+    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()]
+    header, ops = json.loads(numbered[0][1]), []
+    for number, line in numbered[1:]:
         try:
-            ops.append(json.loads(line))
+            op = json.loads(line)
         except json.JSONDecodeError:
-            log.warning("%s line %d is incomplete (the process died while writing it): "
-                        "left out", path, number)
+            op = None
+        if isinstance(op, dict) and op.get("op") in OPS:
+            ops.append(op)
+            continue
+        why = ("cut short: its process died while writing it" if number == numbered[-1][0]
+               and op is None else "not a write sweeplab saves")
+        print(f"sweeplab: warning: {path} line {number}: {why}; left out, the other lines are "
+              f"uploaded", file=sys.stderr, flush=True)
     return header, ops
 
 
@@ -236,7 +298,7 @@ def replay(path: str, uri: Optional[str] = None) -> Tuple[str, int]:
             json.dump({"done": index + 1, "run_id": run_id}, f)
     if run_id is not None and any(op["op"] == "set_terminated" for op in ops):
         # The run was closed after all: a "lost" verdict from a later sweep no longer holds.
-        error = client.get_run(run_id).data.tags.get(store.ERROR_TAG, "")
-        if error.startswith("lost:"):
-            client.delete_tag(run_id, store.ERROR_TAG)
+        error = client.get_run(run_id).data.tags.get(tags.ERROR, "")
+        if error.startswith(tags.LOST_ERROR_PREFIX):
+            client.delete_tag(run_id, tags.ERROR)
     return run_id, len(ops) - start

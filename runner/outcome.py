@@ -18,7 +18,10 @@ infinite loss; an infinite perplexity does count as collapsed (worse than any gu
 import math
 from typing import Optional
 
-OK, DIVERGED, COLLAPSED = "ok", "diverged", "collapsed"
+from runner import tags
+
+# The `outcome` tag's values for a run that trained to its end.
+OK, DIVERGED, COLLAPSED = tags.OUTCOME_OK, tags.OUTCOME_DIVERGED, tags.OUTCOME_COLLAPSED
 LOSS_RATIO = 0.95  # final / step-0 loss at or above this: the loss barely moved
 CHANCE_FACTOR = 1.5  # test accuracy at or below this many times chance: learned nothing
 

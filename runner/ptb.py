@@ -65,14 +65,31 @@ def to_ids(words: List[str], word_to_id: Dict[str, int]) -> np.ndarray:
 
 def load(cfg, vocab_size: int = 10000) -> PTB:
     """The three splits as id arrays, from `cfg.data_dir` (validated: set, vocab_size >= 2);
-    a ConfigError says where to get missing files."""
+    a ConfigError says where to get missing files.
+
+    Read once per process (runner.data.read_ahead reads it before TensorFlow loads; the task
+    then takes it from memory); changed files are read again. The arrays are read-only.
+    """
     directory = os.path.abspath(os.path.expanduser(cfg.data_dir))
     if not os.path.isdir(directory):
         raise ConfigError(f"dataset.data_dir: {directory} does not exist; " + PTB_WHERE)
-    missing = [name for name in FILES.values()
-               if not os.path.isfile(os.path.join(directory, name))]
+    paths = [os.path.join(directory, name) for name in FILES.values()]
+    missing = [name for name, path in zip(FILES.values(), paths) if not os.path.isfile(path)]
     if missing:
         raise ConfigError(f"dataset.data_dir: {directory} lacks {', '.join(missing)}; " + PTB_WHERE)
+    key = (directory, vocab_size, *[(os.stat(p).st_mtime_ns, os.stat(p).st_size) for p in paths])
+    if key not in _loaded:
+        corpus = _read(directory, vocab_size)
+        for ids in (corpus.train, corpus.valid, corpus.test):
+            ids.setflags(write=False)
+        _loaded[key] = corpus
+    return _loaded[key]
+
+
+_loaded = {}  # (folder, vocab_size, files' mtimes and sizes) -> PTB, for `load`
+
+
+def _read(directory: str, vocab_size: int) -> PTB:
     words = {split: read_words(os.path.join(directory, name)) for split, name in FILES.items()}
     word_to_id = build_vocab(words["train"], vocab_size, (words["valid"], words["test"]))
     ids = {split: to_ids(w, word_to_id) for split, w in words.items()}

@@ -1,32 +1,50 @@
-"""Weight penalties: `penalty(variables, cfg.regularizer)` -> scalar added to the data loss.
+"""Weight penalties over a leading job axis: `penalty(weights, table)` -> [N] added to each
+job's data loss.
 
-l2 = strength * sum(tf.nn.l2_loss(v)) = strength * sum(v**2) / 2, as in seed 003;
-l1 = strength * sum(|v|). Biases (1-D variables) count only with `include_biases`.
+Every weight is [N, ...] (a solo run is N = 1). l2 = strength * sum(v**2) / 2, i.e.
+tf.nn.l2_loss as in seed 003; l1 = strength * sum(|v|). Biases (a vector per job) count only
+with `include_biases`. `PenaltyTable(cfgs)` turns the N jobs' `cfg.regularizer` nodes into
+per-job strengths once; a penalty no job uses costs nothing.
 """
+from typing import Sequence
+
+import numpy as np
 import tensorflow as tf
 
+from runner.clipping import rest_axes
 
-def _penalised(variables, cfg):
-    return [v for v in variables if cfg.include_biases or len(v.shape) > 1]
-
-
-def _l2(variables, cfg):
-    return cfg.strength * tf.add_n([tf.nn.l2_loss(v) for v in variables])
-
-
-def _l1(variables, cfg):
-    return cfg.strength * tf.add_n([tf.reduce_sum(tf.abs(v)) for v in variables])
-
-
-PENALTIES = {
-    "none": lambda variables, cfg: tf.constant(0.0),
-    "l2": _l2,
-    "l1": _l1,
+# Each penalty's per-element term; "none" has none. Every option of config's closed set
+# (tests/test_parity.py holds the two equal).
+TERMS = {
+    "none": None,
+    "l2": lambda v: tf.square(v) / 2,
+    "l1": tf.abs,
 }
 
 
-def penalty(variables, cfg):
-    chosen = _penalised(variables, cfg)
-    if not chosen:
-        return tf.constant(0.0)
-    return PENALTIES[cfg.name](chosen, cfg)
+class PenaltyTable:
+    """Per-job strength of each penalty ([N], 0 for jobs without it) and bias handling."""
+
+    def __init__(self, cfgs: Sequence):
+        unknown = {c.name for c in cfgs} - set(TERMS)
+        if unknown:
+            raise ValueError(f"regularizer: no rule for {sorted(unknown)}; known: {tuple(TERMS)}")
+        self.n = len(cfgs)
+        self.strength = {name: np.asarray([c.strength if c.name == name else 0.0 for c in cfgs],
+                                          np.float32)
+                         for name, term in TERMS.items() if term is not None}
+        self.used = [name for name, s in self.strength.items() if np.any(s)]
+        self.include_biases = tf.constant(
+            np.asarray([c.include_biases for c in cfgs], np.float32))
+
+
+def penalty(weights, table: PenaltyTable):
+    """[N] penalties of [N, ...] weights (a weight whose per-job shape is 1-D is a bias)."""
+    total = tf.zeros([table.n])
+    for name in table.used:  # a penalty no job has skips its pass over every weight
+        terms = []
+        for weight in weights:
+            summed = tf.reduce_sum(TERMS[name](weight), rest_axes(weight))
+            terms.append(summed * table.include_biases if len(weight.shape) == 2 else summed)
+        total += tf.constant(table.strength[name]) * tf.add_n(terms)
+    return total

@@ -1,20 +1,19 @@
 """A sweep's answer, from its MLflow parent run: a map, curves and a table, logged back on the
 parent (`report/`), and `sweeplab report [SWEEP]` to regenerate and print it at any time.
 
-collect (MLflow children -> JobRecord) -> results (axes, grid, ranking) -> report_plots
-(figures) -> markdown / self-contained HTML -> artifacts on the parent run.
+collect (MLflow children -> JobRecord) -> results (axes, configs = replicate groups with their
+statistics, grid, ranking) -> report_plots (figures) -> summary.csv, markdown, self-contained
+HTML -> artifacts on the parent run. docs/replicates.md explains the statistics.
 """
 import argparse
 import base64
+import csv
 import html
 import io
 import math
 import os
 import sys
 import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -25,27 +24,20 @@ from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 from rich.table import Table
 
-from runner import outcome, report_plots
+from runner import outcome, report_plots, stats, store, tags
 from runner.config import ConfigError
-from runner.results import (CURVES, METRICS, JobRecord, best_step, default_metric, ranked,
-                            swept_axes)
+from runner.results import (CURVES, METRICS, SEED, SUMMARY_STATS, Cell, JobRecord, best_first,
+                            best_step, config_axes, configs, default_metric, is_number, ranked,
+                            replicates, summary_rows, swept_axes)
 
-TAG_ROLE, ROLE_SWEEP = "sweeplab.role", "sweep"  # set on a sweep's parent run
-TAG_SWEEP_DIR = "sweeplab.sweep_dir"  # the parent's absolute sweep dir
-TAG_OVERRIDES = "sweeplab.overrides"
 REPORT_DIR = "report"  # artifact folder on the parent run
-MAP_PNG, CURVES_PNG, HTML_FILE, MD_FILE = ("sweep_map.png", "sweep_curves.png", "report.html",
-                                           "report.md")
+MAP_PNG, CURVES_PNG, HTML_FILE, MD_FILE, SUMMARY_CSV = (
+    "sweep_map.png", "sweep_curves.png", "report.html", "report.md", "summary.csv")
+ADD_SEEDS = "seed=0,1,2,3,4 (or seed=range(5))"  # what to add to a sweep's command line
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves a local store
 # MLflow 3 opens an experiment, and a run page reached from it, in its GenAI layout; this query
 # switches the sidebar to "Model training", whose Runs page is the runs table.
 MODEL_TRAINING = "?workflowType=machine_learning"
-PROBE_SECONDS = 3.0  # a tracking server that does not answer /health in this long is down
-
-
-def default_store() -> str:
-    """The project's store, as the jobs use it when mlflow.tracking_uri is unset."""
-    return "sqlite:///" + os.path.join(os.getcwd(), "outputs", "mlflow.db")
 
 
 # ---------------------------------------------------------------- from the store
@@ -55,7 +47,7 @@ def _children(client: MlflowClient, parent: Run) -> List[Run]:
     runs, token = [], None
     while True:
         page = client.search_runs([parent.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                                  f"tags.`{tags.PARENT_RUN}` = '{parent.info.run_id}'",
                                   order_by=["attributes.start_time ASC"], max_results=1000,
                                   page_token=token)
         runs.extend(page)
@@ -81,8 +73,9 @@ def collect(client: MlflowClient, parent_run_id: str) -> List[JobRecord]:
         records.append(JobRecord(
             run_id=child.info.run_id, name=child.info.run_name or child.info.run_id[:8],
             params=dict(child.data.params), metrics=metrics, histories=histories,
-            outcome=child.data.tags.get("outcome", "running" if status == "RUNNING" else "?"),
-            status=status))
+            outcome=child.data.tags.get(tags.OUTCOME,
+                                        tags.OUTCOME_RUNNING if status == "RUNNING" else "?"),
+            status=status, tags=dict(child.data.tags)))
     return records
 
 
@@ -106,16 +99,119 @@ def table(records: Sequence[JobRecord], metric: str) -> Tuple[List[str], List[Li
 
 
 def _headline(parent: Run, records: Sequence[JobRecord], metric: str) -> List[str]:
-    """A few lines that say which sweep this is and what the report ranks by."""
+    """A few lines that say which sweep this is and what the report ranks by, and why."""
     counts: Dict[str, int] = {}
     for record in records:
         counts[record.outcome] = counts.get(record.outcome, 0) + 1
     axes = swept_axes(records)
+    spec = METRICS[metric]
+    def values(key: str) -> List[str]:  # numbers ascending, anything else after them
+        found = {r.params.get(key, "") for r in records} - {""}
+        return sorted(found, key=lambda v: (0, float(v), v) if is_number(v) else (1, 0.0, v))
+
+    about = spec.about.format(eval_size="/".join(values("train.eval_size")) or
+                              "train.eval_size")
+    seeds = values(SEED)
     return [f"sweep run {parent.info.run_id} (experiment {parent.info.experiment_id}): "
-            f"{parent.data.tags.get(TAG_OVERRIDES) or '(defaults)'}",
+            f"{parent.data.tags.get(tags.OVERRIDES) or '(defaults)'}",
             f"jobs: {len(records)} ({', '.join(f'{n} {o}' for o, n in counts.items())}); "
-            f"swept: {' x '.join(axes) or 'nothing (repeats)'}",
-            f"ranked by final {metric} ({METRICS[metric].direction})"]
+            f"swept: {' x '.join(axes) or 'nothing (repeats)'}; "
+            f"seeds: {', '.join(seeds) if len(seeds) > 1 else seeds[0] if seeds else '-'}",
+            f"ranked by {metric} ({spec.direction}): {about}"]
+
+
+def replicate_note(cells: Sequence[Cell]) -> List[str]:
+    """What the statistics mean, in a few lines; with one seed per config, that they cannot
+    judge a small difference, and how to add seeds."""
+    if replicates(cells) <= 1:
+        return ["One seed per config: every number is one run, an anecdote. A difference "
+                "smaller than the seed-to-seed spread cannot be judged, and one run cannot "
+                "measure that spread.",
+                f"Add seeds: rerun the sweep with {ADD_SEEDS} on the command line; each "
+                f"config then gets n, mean, sd, a 95 % interval and a test against the best "
+                f"(docs/replicates.md)."]
+    tested = sum(c.verdict.verdict in (stats.TIED, stats.DIFFERENT) for c in cells)
+    return [f"A config is every swept key but seed; n = its runs with a finite value (a "
+            f"diverged run's last value predates its blow-up: it counts as an outcome, not a "
+            f"value). mean ± half of the 95 % t-interval of the mean; sd across seeds.",
+            f"best = the best mean among configs with n >= {stats.MIN_N}. tied = cannot be "
+            f"told apart from the best: two-sided paired t-test (same seeds) or Welch's "
+            f"t-test, Holm-corrected over {tested} comparison{'s' * (tested != 1)}, α = "
+            f"{stats.ALPHA:g}; untestable = n < {stats.MIN_N}. Tied is not 'equal': more "
+            f"seeds narrow the intervals (docs/replicates.md)."]
+
+
+def answer(cells: Sequence[Cell], axes: Sequence[str], metric: str) -> List[str]:
+    """The sweep's answer in words: the best config and the configs that cannot be told apart
+    from it (with one seed per config: the lowest single runs, said to be anecdotes)."""
+    ranked = [c for c in best_first(cells) if math.isfinite(c.summary.mean)]
+    if not ranked:
+        return [f"answer: no config has a finite {metric}"]
+
+    def name(cell: Cell) -> str:
+        return ", ".join(f"{a}={cell.axis_value(a)}" for a in axes) or "the config"
+
+    def value(cell: Cell) -> str:
+        s = cell.summary
+        spread = f" ± {_number(s.half_width)}" if s.n > 1 and math.isfinite(s.half_width) else ""
+        return f"{metric} {_number(s.mean)}{spread}, n={s.n}"
+
+    if replicates(cells) <= 1:
+        return [f"answer (one seed: an anecdote, not a ranking): lowest {name(ranked[0])} "
+                f"({value(ranked[0])}); next {', '.join(name(c) for c in ranked[1:3]) or '-'}"]
+    best = [c for c in ranked if c.verdict.verdict == stats.BEST]
+    tied = [c for c in ranked if c.verdict.verdict == stats.TIED]
+    lines = [f"answer: best {name(c)} ({value(c)})" for c in best[:1]]
+    if tied:
+        lines.append(f"        cannot be told apart from it at these seeds ({len(tied)}): "
+                     + "; ".join(f"{name(c)} ({value(c)})" for c in tied))
+    elif best:
+        lines.append("        every other config differs from it (Holm-corrected, α = "
+                     f"{stats.ALPHA:g})")
+    return lines or [f"answer: no config has n >= {stats.MIN_N}; add seeds ({ADD_SEEDS})"]
+
+
+def _number(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else "-"
+
+
+def _versus_best(cell: Cell) -> str:
+    """The config against the best, in words: best / tied / differs / untestable."""
+    v = cell.verdict
+    if v.verdict in (stats.TIED, stats.DIFFERENT):
+        test = "paired" if v.test == stats.PAIRED else "Welch"
+        word = "tied" if v.verdict == stats.TIED else "differs"
+        return f"{word} ({test}, p_holm {v.p_holm:.2g})"
+    if v.verdict == stats.UNTESTABLE:
+        return f"untestable (n={cell.summary.n})" if cell.summary.n < stats.MIN_N else \
+            "untestable (best has n<2)"
+    return v.verdict
+
+
+def summary_table(cells: Sequence[Cell], axes: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
+    """(header, rows) of the summary, one row per config, best first, as people read it:
+    mean ± half of the 95 % interval, sd, outcome counts, the verdict against the best."""
+    header = [*axes, "n", "mean", "± 95 %", "sd", "ok", "diverged", "collapsed", "vs best"]
+    rows = []
+    for cell in best_first(cells):
+        s = cell.summary
+        rows.append([*(cell.axis_value(a) for a in axes), f"{s.n}/{cell.runs}",
+                     _number(s.mean), _number(s.half_width), _number(s.sd),
+                     str(cell.count(outcome.OK)), str(cell.count(outcome.DIVERGED)),
+                     str(cell.count(outcome.COLLAPSED)), _versus_best(cell)])
+    return header, rows
+
+
+def summary_csv(cells: Sequence[Cell], axes: Sequence[str]) -> str:
+    """`report/summary.csv`: one row per config, every number at full precision; the swept
+    keys (minus seed) named by their keys, then runner.results.SUMMARY_STATS."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=[*axes, *SUMMARY_STATS], lineterminator="\n")
+    writer.writeheader()
+    for row in summary_rows(cells, axes):
+        writer.writerow({k: repr(float(v)) if isinstance(v, float) else v
+                         for k, v in row.items()})
+    return buffer.getvalue()
 
 
 OUTCOME_NOTE = (
@@ -125,15 +221,23 @@ OUTCOME_NOTE = (
     f"valid perplexity >= vocab_size ** {outcome.LOSS_RATIO}).")
 
 
-def markdown(parent: Run, records: Sequence[JobRecord], metric: str) -> str:
-    """The report as markdown, the PNGs referenced beside it."""
-    header, rows = table(records, metric)
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows])
+
+
+def markdown(parent: Run, records: Sequence[JobRecord], metric: str,
+             cells: Optional[Sequence[Cell]] = None) -> str:
+    """The report as markdown, the PNGs and summary.csv referenced beside it."""
+    cells = configs(records, metric) if cells is None else cells
     lines = [f"# Sweep report: {parent.info.run_name}", ""]
     lines += [f"- {line}" for line in _headline(parent, records, metric)]
-    lines += ["", f"![map]({MAP_PNG})", "", f"![curves]({CURVES_PNG})", "",
-              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
-              for row in rows]
+    lines += ["", *replicate_note(cells), "", f"![map]({MAP_PNG})", "",
+              f"![curves]({CURVES_PNG})", "", f"## Configs, best first ([{SUMMARY_CSV}]"
+              f"({SUMMARY_CSV}))", ""]
+    lines += _md_table(*summary_table(cells, config_axes(records)))
+    lines += ["", "## Every run, best first", ""]
+    lines += _md_table(*table(records, metric))
     return "\n".join(lines + ["", OUTCOME_NOTE, ""])
 
 
@@ -148,11 +252,17 @@ tr.diverged td.outcome{color:#555}tr.collapsed td.outcome{color:#b2182b}
 
 
 def html_page(parent: Run, records: Sequence[JobRecord], metric: str,
-              pngs: Dict[str, bytes]) -> str:
+              pngs: Dict[str, bytes], cells: Optional[Sequence[Cell]] = None) -> str:
     """The report as one HTML file: PNGs embedded as base64, so it opens anywhere."""
+    cells = configs(records, metric) if cells is None else cells
     header, rows = table(records, metric)
     outcome_col = header.index("outcome")
     esc = html.escape
+    summary_header, summary = summary_table(cells, config_axes(records))
+    configs_html = ("<h2>Configs, best first</h2><table class='configs'><tr>"
+                    + "".join(f"<th>{esc(h)}</th>" for h in summary_header) + "</tr>"
+                    + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
+                              for row in summary) + "</table>")
     images = "".join(f'<img alt="{esc(name)}" src="data:image/png;base64,'
                      f'{base64.b64encode(data).decode()}">' for name, data in pngs.items())
     body = "".join(
@@ -163,7 +273,11 @@ def html_page(parent: Run, records: Sequence[JobRecord], metric: str,
             f"<title>Sweep report: {esc(parent.info.run_name)}</title><style>{_CSS}</style>"
             f"</head><body><h1>Sweep report</h1><ul>"
             + "".join(f"<li>{esc(line)}</li>" for line in _headline(parent, records, metric))
-            + f"</ul>{images}<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header)
+            + "</ul>" + "".join(f"<p class='note'>{esc(line)}</p>"
+                                for line in replicate_note(cells))
+            + f"{images}{configs_html}"
+            + "<h2>Every run, best first</h2><table class='runs'><tr>"
+            + "".join(f"<th>{esc(h)}</th>" for h in header)
             + f"</tr>{body}</table><p class='note'>{esc(OUTCOME_NOTE)}</p></body></html>\n")
 
 
@@ -186,17 +300,12 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def _local_path(uri: str) -> Optional[str]:
-    if uri.startswith("file:"):
-        return urllib.parse.unquote(urllib.parse.urlparse(uri).path)
-    return uri if uri.startswith("/") else None
-
-
 def log_report(client: MlflowClient, parent_run_id: str,
                metric: Optional[str] = None) -> ReportLocation:
-    """Draw and log `report/{sweep_map.png, sweep_curves.png, report.html, report.md}` on
-    the sweep's parent run (replacing an older report); metric None = the sweep's default
-    (val_loss, or valid_perplexity for a language model). Raises ValueError without jobs."""
+    """Draw and log `report/{sweep_map.png, sweep_curves.png, summary.csv, report.html,
+    report.md}` on the sweep's parent run (replacing an older report); metric None = the
+    sweep's default (its task's ranking metric: val_loss_tail, or valid_perplexity for a
+    language model). Raises ValueError without jobs."""
     records = collect(client, parent_run_id)
     if not records:
         raise ValueError(f"sweep {parent_run_id} has no jobs")
@@ -205,12 +314,14 @@ def log_report(client: MlflowClient, parent_run_id: str,
 
 
 def write_report(client: MlflowClient, parent: Run, records: Sequence[JobRecord],
-                 metric: str) -> ReportLocation:
-    """Render the figures once, embed them in the HTML, log the four files on the parent."""
+                 metric: str, cells: Optional[Sequence[Cell]] = None) -> ReportLocation:
+    """Render the figures once, embed them in the HTML, log the five files on the parent."""
+    cells = configs(records, metric) if cells is None else cells
     pngs = {MAP_PNG: _png(report_plots.sweep_map(records, metric)),
             CURVES_PNG: _png(report_plots.sweep_curves(records, metric))}
-    texts = {HTML_FILE: html_page(parent, records, metric, pngs),
-             MD_FILE: markdown(parent, records, metric)}
+    texts = {SUMMARY_CSV: summary_csv(cells, config_axes(records)),
+             HTML_FILE: html_page(parent, records, metric, pngs, cells),
+             MD_FILE: markdown(parent, records, metric, cells)}
     with tempfile.TemporaryDirectory(prefix="sweeplab-report-") as folder:
         for name, data in pngs.items():
             with open(os.path.join(folder, name), "wb") as f:
@@ -219,48 +330,15 @@ def write_report(client: MlflowClient, parent: Run, records: Sequence[JobRecord]
             with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
                 f.write(text)
         client.log_artifacts(parent.info.run_id, folder, REPORT_DIR)
-    client.set_tag(parent.info.run_id, "sweeplab.report_metric", metric)
+    client.set_tag(parent.info.run_id, tags.REPORT_METRIC, metric)
     artifact_uri = f"{parent.info.artifact_uri.rstrip('/')}/{REPORT_DIR}"
-    local = _local_path(artifact_uri)
+    local = store.local_path(artifact_uri)
     return ReportLocation(parent.info.run_id, parent.info.experiment_id, metric, artifact_uri,
                           local if local and os.path.isdir(local) else None,
                           [f"{REPORT_DIR}/{name}" for name in (*pngs, *texts)])
 
 
 # ---------------------------------------------------------------- `sweeplab report`
-
-def _absolute(uri: str) -> str:
-    """sqlite:///relative.db and plain folders made absolute, as the jobs' tracking URI is."""
-    if uri.startswith("sqlite:///"):
-        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
-    return uri if "://" in uri else os.path.abspath(uri)
-
-
-def store_uri(option: Optional[str]) -> Tuple[str, str]:
-    """(tracking URI, where it came from): --tracking-uri, MLFLOW_TRACKING_URI, the default."""
-    if option:
-        return _absolute(option), "--tracking-uri"
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return _absolute(os.environ["MLFLOW_TRACKING_URI"]), "MLFLOW_TRACKING_URI"
-    return default_store(), "--tracking-uri"
-
-
-def check_store(uri: str, source: str) -> None:
-    """Fail in seconds, in one line, on a store that is not there (never create one)."""
-    fix = "pass --tracking-uri URI (or set MLFLOW_TRACKING_URI)"
-    if uri.startswith(("sqlite:///", "file:")) or "://" not in uri:
-        path = _local_path(uri) or uri[len("sqlite:///"):]
-        if not os.path.exists(path):
-            raise ConfigError(f"{source}: no MLflow store at {path}; run a sweep first "
-                              f"(sweeplab -m ...), or {fix}")
-    elif uri.startswith(("http://", "https://")):
-        try:
-            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=PROBE_SECONDS).close()
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise ConfigError(f"{source}: cannot reach the tracking server {uri} ({reason}); "
-                              f"start it or {fix}") from None
-
 
 def _newest(client: MlflowClient, filter_string: str) -> Optional[Run]:
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -275,14 +353,14 @@ def find_sweep(client: MlflowClient, sweep: Optional[str], uri: str) -> Run:
     """The sweep's parent run: the newest sweep, a run id (a child's leads to its parent),
     or a sweep dir (the newest sweep that ran there)."""
     if not sweep:
-        run = _newest(client, f"tags.`{TAG_ROLE}` = '{ROLE_SWEEP}'")
+        run = _newest(client, f"tags.`{tags.ROLE}` = '{tags.ROLE_SWEEP}'")
         if run is None:
             raise ConfigError(f"SWEEP: no sweep in {uri}; run one (sweeplab -m ...) or pass "
                               f"--tracking-uri URI")
         return run
     if os.sep in sweep or os.path.isdir(sweep):
         for folder in dict.fromkeys((os.path.abspath(sweep), os.path.realpath(sweep))):
-            run = _newest(client, f"tags.`{TAG_SWEEP_DIR}` = '{folder}'")
+            run = _newest(client, f"tags.`{tags.SWEEP_DIR}` = '{folder}'")
             if run is not None:
                 return run
         raise ConfigError(f"SWEEP: no sweep ran in {os.path.abspath(sweep)} (store {uri}); "
@@ -292,8 +370,8 @@ def find_sweep(client: MlflowClient, sweep: Optional[str], uri: str) -> Run:
     except MlflowException:
         raise ConfigError(f"SWEEP: no run {sweep!r} in {uri}; give a sweep's parent run id, "
                           f"its sweep dir, or nothing for the newest sweep") from None
-    parent = run.data.tags.get("mlflow.parentRunId")
-    if run.data.tags.get(TAG_ROLE) != ROLE_SWEEP and parent:
+    parent = run.data.tags.get(tags.PARENT_RUN)
+    if run.data.tags.get(tags.ROLE) != tags.ROLE_SWEEP and parent:
         return client.get_run(parent)  # a job's id: report its sweep
     return run
 
@@ -312,13 +390,13 @@ def newest_sweep_links(uri: str, ui: str = LOCAL_UI) -> List[str]:
     One line saying why when there is no store or no sweep yet; never creates a store and
     never raises on a store that fails to open, so the UI still starts.
     """
-    path = _local_path(uri) or (uri[len("sqlite:///"):] if uri.startswith("sqlite:///")
-                                else None)
+    path = store.local_path(uri)
     if path and not os.path.exists(path):
         return [f"No sweep yet: {path} does not exist (`make run` or `sweeplab -m ...` "
                 f"makes one)."]
     try:
-        parent = _newest(MlflowClient(tracking_uri=uri), f"tags.`{TAG_ROLE}` = '{ROLE_SWEEP}'")
+        parent = _newest(MlflowClient(tracking_uri=uri),
+                         f"tags.`{tags.ROLE}` = '{tags.ROLE_SWEEP}'")
     except (MlflowException, SQLAlchemyError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         return [f"No sweep links: the store {uri} failed to open ({first})."]
@@ -332,26 +410,25 @@ def newest_sweep_links(uri: str, ui: str = LOCAL_UI) -> List[str]:
             f"  its report:  {run_page}/artifacts/{REPORT_DIR}/{HTML_FILE}{MODEL_TRAINING}"]
 
 
-def print_table(records: Sequence[JobRecord], metric: str, console: Console) -> None:
-    """The best-first table in the terminal, diverged/collapsed coloured and spelt out.
-
-    Narrower than the files' table: a job's name repeats its swept values, so it is shown
-    only when nothing varies, and `clipping.name` reads `clipping`.
-    """
-    header, rows = table(records, metric)
-    outcome_col = header.index("outcome")
-    keep = [k for k, name in enumerate(header) if name != "run" or not swept_axes(records)]
-    styles = {outcome.OK: "green", outcome.DIVERGED: "bold red",
-              outcome.COLLAPSED: "bold yellow"}
-    shown = Table(title=f"{metric} ({METRICS[metric].direction}), best first")
-    for k in keep:
-        name = header[k].removesuffix(".name")
-        shown.add_column(name, justify="right" if k == 0 or name == metric else "left",
-                         no_wrap=k == outcome_col, min_width=min(len(name), 14))
+def print_table(records: Sequence[JobRecord], metric: str, console: Console,
+                cells: Optional[Sequence[Cell]] = None) -> None:
+    """summary.csv's table in the terminal, one row per config, best first: the best in bold,
+    its ties green, failures coloured. `clipping.name` reads `clipping`."""
+    cells = configs(records, metric) if cells is None else cells
+    axes = config_axes(records)
+    header, rows = summary_table(cells, axes)
+    styles = {outcome.DIVERGED: "red", outcome.COLLAPSED: "yellow"}
+    shown = Table(title=f"{metric} ({METRICS[metric].direction}) per config, best first")
+    for k, name in enumerate(header):
+        name = name.removesuffix(".name")
+        shown.add_column(name, justify="left" if k < len(axes) or name == "vs best"
+                         else "right", no_wrap=True)
     for row in rows:
-        style = styles.get(row[outcome_col], "dim")
-        cells = [f"[{style}]{row[k]}[/]" if k == outcome_col else row[k] for k in keep]
-        shown.add_row(*cells, style="dim" if row[outcome_col] == outcome.DIVERGED else None)
+        verdict = row[-1]
+        cells_ = [f"[{styles[h]}]{c}[/]" if h in styles and c != "0" else c
+                  for h, c in zip(header, row)]
+        shown.add_row(*cells_, style="bold" if verdict == stats.BEST else (
+            "green" if verdict.startswith("tied") else None))
     console.print(shown)
 
 
@@ -368,7 +445,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="parent run id or sweep dir; default: the newest sweep")
     parser.add_argument("--metric", default=None,
                         help=f"rank and map by this final metric: {', '.join(METRICS)} "
-                             f"(default: val_loss, or valid_perplexity for a language model)")
+                             f"(default: val_loss_tail, the mean of the last 10 evaluations, "
+                             f"or valid_perplexity for a language model)")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow store; default: $MLFLOW_TRACKING_URI, else "
                              "sqlite:///<cwd>/outputs/mlflow.db")
@@ -384,12 +462,12 @@ def main(argv: Sequence[str]) -> int:
     except ConfigError as err:
         print(f"sweeplab: error: {err}", file=sys.stderr, flush=True)
         return 2
-    uri, source = store_uri(args.tracking_uri)
+    uri, source = store.resolve(args.tracking_uri, "--tracking-uri")
     try:
         if args.metric is not None and args.metric not in METRICS:
             raise ConfigError(f"--metric: unknown metric {args.metric!r}; use one of "
                               f"{', '.join(METRICS)}")
-        check_store(uri, source)
+        store.check(uri, source, write=False)
         client = MlflowClient(tracking_uri=uri)
         parent = find_sweep(client, args.sweep, uri)
         records = collect(client, parent.info.run_id)
@@ -401,7 +479,8 @@ def main(argv: Sequence[str]) -> int:
             logged = [m for m in METRICS if any(m in r.metrics for r in records)]
             raise ConfigError(f"--metric: no job of this sweep logged {metric}; use one of "
                               f"{', '.join(logged) or '(none yet)'}")
-        where = write_report(client, parent, records, metric)
+        cells = configs(records, metric)
+        where = write_report(client, parent, records, metric, cells)
     except ConfigError as err:
         print(f"sweeplab: error: {err}", file=sys.stderr, flush=True)
         return 2
@@ -414,13 +493,19 @@ def main(argv: Sequence[str]) -> int:
     console = Console() if sys.stdout.isatty() else Console(width=160)
     for line in _headline(parent, records, metric):
         console.print(line, highlight=False, soft_wrap=True)
-    print_table(records, metric, console)
-    console.print(f"report: {where.artifact_uri}/{HTML_FILE}", highlight=False, soft_wrap=True)
-    if where.local_dir and where.local_dir != where.artifact_uri:
-        console.print(f"        {os.path.join(where.local_dir, HTML_FILE)}", highlight=False,
+    print_table(records, metric, console, cells)
+    for line in answer(cells, config_axes(records), metric):
+        console.print(line, highlight=False, soft_wrap=True)
+    for line in replicate_note(cells):
+        console.print(line, highlight=False, soft_wrap=True)
+    for name in (MAP_PNG, SUMMARY_CSV, HTML_FILE):
+        console.print(f"{name + ':':15}{where.artifact_uri}/{name}", highlight=False,
                       soft_wrap=True)
+        if where.local_dir and where.local_dir != where.artifact_uri:
+            console.print(f"{'':15}{os.path.join(where.local_dir, name)}", highlight=False,
+                          soft_wrap=True)
     console.print(f"MLflow UI: {ui_url(uri, parent)}", highlight=False, soft_wrap=True)
     if not uri.startswith(("http://", "https://")):
-        hint = "make ui" if uri == default_store() else f"mlflow ui --backend-store-uri {uri}"
+        hint = "make ui" if uri == store.default_uri() else f"mlflow ui --backend-store-uri {uri}"
         console.print(f"           (start the UI with: {hint})", highlight=False, soft_wrap=True)
     return 0

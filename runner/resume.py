@@ -10,21 +10,23 @@
   process on this host no longer exists is closed FAILED (`outcome=lost`) at once, so a sweep
   whose launcher was SIGKILLed resumes without waiting for its heartbeat to go stale.
 """
+from __future__ import annotations
+
 import argparse
 import json
 import os
 import socket
 import sys
 import time
-from types import SimpleNamespace
-from typing import Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Iterable, List, Optional, Tuple
 
-from mlflow.tracking import MlflowClient
-
-from runner import store, tags
+from runner import codeversion, store, tags
 from runner.outbox import one_line
 from runner.tasks import spec_of_run
 from runner.tracking import JobContext, config_hash, tracking_uri
+
+if TYPE_CHECKING:  # MLflow loads when a store is opened, not when `--help` imports this module
+    from mlflow.tracking import MlflowClient
 
 # "host:pid:start": the process that writes a run. Belongs in runner/tags.py (another
 # engineer is moving every tag name there right now).
@@ -119,6 +121,7 @@ def reopen_parent(client: MlflowClient, parent) -> str:
     print(f"sweeplab: resuming sweep run {run_id} ({parent.info.status}: "
           f"{parent.data.tags.get(tags.SUMMARY, 'no summary')}) in {sweep_dir}; jobs already "
           f"FINISHED there are skipped", flush=True)
+    codeversion.note_resume(client, parent)
     return sweep_dir
 
 
@@ -128,7 +131,7 @@ def finished_run(client: MlflowClient, parent: str, config_hash_: str):
     """The FINISHED run of this job config under `parent`, if an earlier attempt made one."""
     exp_id = client.get_run(parent).info.experiment_id
     found = client.search_runs(
-        [exp_id], f"tags.mlflow.parentRunId = '{parent}' and tags.`{tags.CONFIG_HASH}` = "
+        [exp_id], f"tags.`{tags.PARENT_RUN}` = '{parent}' and tags.`{tags.CONFIG_HASH}` = "
                   f"'{config_hash_}' and attributes.status = 'FINISHED'", max_results=1)
     return found[0] if found else None
 
@@ -154,7 +157,7 @@ def finished_value(cfg, job: JobContext) -> Optional[float]:
 def finished_count(client: MlflowClient, parent: str) -> int:
     """How many job configs have a FINISHED run under `parent`."""
     exp_id = client.get_run(parent).info.experiment_id
-    runs = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent}' and "
+    runs = client.search_runs([exp_id], f"tags.`{tags.PARENT_RUN}` = '{parent}' and "
                                         f"attributes.status = 'FINISHED'", max_results=5000)
     return len({run.data.tags.get(tags.CONFIG_HASH, run.info.run_id) for run in runs})
 
@@ -199,10 +202,11 @@ def resume_overrides(argv: List[str]) -> Tuple[Optional[List[str]], int]:
     parser.add_argument("sweep", help="the sweep dir, or its parent run id")
     parser.add_argument("overrides", nargs="*", help="more Hydra overrides, e.g. "
                         "hydra/launcher=basic (a parent run id is looked up in the store "
-                        "given by mlflow.tracking_uri=..., default outputs/mlflow.db)")
+                        "given by mlflow.tracking_uri=..., else $MLFLOW_TRACKING_URI, else "
+                        "outputs/mlflow.db)")
     args = parser.parse_args(argv)
     given = [o.split("=", 1)[1] for o in args.overrides if o.startswith("mlflow.tracking_uri=")]
-    uri = store.tracking_uri(SimpleNamespace(tracking_uri=given[-1] if given else None))
+    uri = store.resolve(given[-1] if given else None)[0]
     try:
         sweep_dir, saved = _find_sweep(args.sweep, uri)
         uri = saved["tracking_uri"]
@@ -220,7 +224,7 @@ def resume_overrides(argv: List[str]) -> Tuple[Optional[List[str]], int]:
               f"nothing to resume")
         return None, 0
     if status == "RUNNING":
-        beat = parent.data.tags.get(store.HEARTBEAT_TAG, "0")
+        beat = parent.data.tags.get(tags.HEARTBEAT, "0")
         print(f"sweeplab: error: resume: sweep run {parent.info.run_id} is still running "
               f"(process {parent.data.tags.get(PROCESS, '?')}, heartbeat "
               f"{time.time() - float(beat):.0f} s ago); stop it first", file=sys.stderr)

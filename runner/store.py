@@ -1,27 +1,39 @@
 """The MLflow tracking store: where it is, a quick check before work starts, safe set-up,
 and closing runs whose process died.
 
-- `check_store` answers in seconds, before TensorFlow loads: a server that does not answer, a
-  read-only folder or database file is one `ConfigError` line naming `mlflow.tracking_uri`.
+- `resolve`: the one rule for where the store is, for jobs, sweeps, `sweeplab report`,
+  `sweeplab resume` alike: the option given, else $MLFLOW_TRACKING_URI, else
+  sqlite:///<cwd>/outputs/mlflow.db; relative sqlite files and folders made absolute, so every
+  job of a sweep (whatever its working directory) finds the same store.
+- `check`: the one check, in seconds and before TensorFlow loads. A store about to be
+  written (a run, a sweep) must be creatable and writable; a store about to be read (a
+  report) must exist and is never created. A server must answer /health. Each failure is one
+  `ConfigError` line naming the option (or variable) that chose the store, and a fix.
 - `open_client` creates or migrates a fresh sqlite store under a file lock beside the database,
   so two sweeps (or runs) started together never race through MLflow's schema migration.
 - `mark_lost_runs`: a run refreshes its heartbeat tag while its process lives; a RUNNING run
   whose heartbeat is older than `lost_after_seconds()` (default 10 min) died without closing
   (SIGKILL, OOM killer, lost machine) and is marked FAILED with `outcome=lost`.
+
+MLflow is imported inside the functions that talk to the store, not at the top: the CLI
+imports this module, and `sweeplab --help` must print without loading MLflow (about 1 s).
 """
 import contextlib
+import errno
 import logging
 import os
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from typing import Iterable, List, Optional
+from typing import TYPE_CHECKING, Iterable, List, Optional, Tuple
 
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
-
+from runner import tags
 from runner.config import ConfigError
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 try:
     import fcntl
@@ -39,14 +51,18 @@ MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
 for _name, _value in MLFLOW_HTTP_DEFAULTS.items():
     os.environ.setdefault(_name, _value)
 
-HEARTBEAT_TAG = "sweeplab.heartbeat"  # unix seconds, refreshed while the run's process lives
-ERROR_TAG = "sweeplab.error"  # one line: why a run FAILED
+OPTION = "mlflow.tracking_uri"  # the config key that names the store
+ENV_URI = "MLFLOW_TRACKING_URI"  # MLflow's own variable: the store when no option names one
+DEFAULT_DB = os.path.join("outputs", "mlflow.db")  # under the working directory
 CHECK_SECONDS = 3.0  # how long the server check waits for an answer
 
 # MLflow error codes that retrying cannot fix (a bad request, not an unreachable store).
 PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS",
                     "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST",
                     "PERMISSION_DENIED", "UNAUTHENTICATED", "MALFORMED_REQUEST"}
+# A write that failed for want of room: the disk (or quota, or file-size limit) is full.
+FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+SQLITE_FULL = "database or disk is full"  # SQLite's SQLITE_FULL message
 
 
 def seconds_setting(name: str, default: float) -> float:
@@ -64,18 +80,45 @@ def lost_after_seconds() -> float:
 
 # ---------------------------------------------------------------- where the store is
 
-def tracking_uri(cfg) -> str:
-    """`cfg.tracking_uri` made absolute; default sqlite:///<cwd>/outputs/mlflow.db."""
-    uri = cfg.tracking_uri or "sqlite:///outputs/mlflow.db"
+def default_uri() -> str:
+    """The store when nothing names one: sqlite:///<cwd>/outputs/mlflow.db."""
+    return "sqlite:///" + os.path.abspath(DEFAULT_DB)
+
+
+def absolute(uri: str) -> str:
+    """sqlite:///relative.db and plain folders made absolute; other URIs as given."""
     if uri.startswith("sqlite:///"):
         return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
-    if "://" not in uri:  # a plain folder: MLflow's file store
-        return os.path.abspath(uri)
-    return uri
+    return uri if "://" in uri or uri.startswith("file:") else os.path.abspath(uri)
+
+
+def resolve(given: Optional[str], option: str = OPTION) -> Tuple[str, str]:
+    """(absolute tracking URI, what chose it): `given` (named `option` in messages), else
+    $MLFLOW_TRACKING_URI, else the default store (named `option`: it is how to change it)."""
+    if given:
+        return absolute(given), option
+    if os.environ.get(ENV_URI):
+        return absolute(os.environ[ENV_URI]), ENV_URI
+    return default_uri(), option
+
+
+def tracking_uri(cfg) -> str:
+    """The store of a job's `mlflow` config (`cfg.tracking_uri`), by `resolve`'s rule."""
+    return resolve(cfg.tracking_uri)[0]
 
 
 def sqlite_path(uri: str) -> Optional[str]:
     return uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
+
+
+def local_path(uri: str) -> Optional[str]:
+    """The file or folder of a local store (sqlite file, file: URI, plain folder); None for a
+    server or a database server."""
+    if uri.startswith("sqlite:///"):
+        return sqlite_path(uri)
+    if uri.startswith("file:"):
+        return urllib.parse.unquote(urllib.parse.urlparse(uri).path)
+    return uri if "://" not in uri else None
 
 
 def artifact_location(cfg, uri: str) -> Optional[str]:
@@ -87,12 +130,14 @@ def artifact_location(cfg, uri: str) -> Optional[str]:
     return None  # a server or file store decides
 
 
-def experiment_id(client: MlflowClient, cfg, uri: str) -> str:
+def experiment_id(client: "MlflowClient", cfg, uri: str) -> str:
     """The id of experiment `cfg.experiment_name`, created if need be."""
     return ensure_experiment(client, cfg.experiment_name, artifact_location(cfg, uri))
 
 
-def ensure_experiment(client: MlflowClient, name: str, artifacts: Optional[str]) -> str:
+def ensure_experiment(client: "MlflowClient", name: str, artifacts: Optional[str]) -> str:
+    from mlflow.exceptions import MlflowException  # lazy: see the module's docstring
+
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
@@ -107,24 +152,26 @@ def ensure_experiment(client: MlflowClient, name: str, artifacts: Optional[str])
 
 # ---------------------------------------------------------------- the check before work
 
-def _fix(uri: str) -> str:
-    return (f"fix it or point mlflow.tracking_uri elsewhere, e.g. "
-            f"mlflow.tracking_uri=sqlite:///{os.path.abspath('outputs/mlflow.db')}")
+def _fix(source: str) -> str:
+    """How to point at another store, for the option or variable that chose this one."""
+    if source.startswith("--"):
+        return f"pass {source} URI (or set {ENV_URI})"
+    example = f"sqlite:///{os.path.abspath(DEFAULT_DB)}"
+    return f"fix it or point {source} elsewhere, e.g. {source}={example}"
 
 
-def _writable_folder(folder: str, uri: str) -> None:
+def _writable_folder(folder: str, source: str) -> None:
     """The folder exists (created if need be) and this user may create files in it."""
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"mlflow.tracking_uri: cannot create the folder {folder} "
-                          f"({err.strerror}); {_fix(uri)}") from None
+        raise ConfigError(f"{source}: cannot create the folder {folder} ({err.strerror}); "
+                          f"{_fix(source)}") from None
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise ConfigError(f"mlflow.tracking_uri: the folder {folder} is read-only; "
-                          f"{_fix(uri)}")
+        raise ConfigError(f"{source}: the folder {folder} is read-only; {_fix(source)}")
 
 
-def check_server(uri: str, timeout: float = CHECK_SECONDS) -> None:
+def check_server(uri: str, source: str = OPTION, timeout: float = CHECK_SECONDS) -> None:
     """One quick request to the server's /health: answers at all, and not with a 5xx."""
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
@@ -135,26 +182,41 @@ def check_server(uri: str, timeout: float = CHECK_SECONDS) -> None:
         reason = f"HTTP {err.code} {err.reason}"
     except (urllib.error.URLError, OSError) as err:
         reason = str(getattr(err, "reason", err)) or type(err).__name__
-    raise ConfigError(f"mlflow.tracking_uri: no MLflow server answers at {uri} ({reason}); "
-                      f"start it (mlflow server --host 127.0.0.1 --port 5000) or use a local "
-                      f"store, e.g. mlflow.tracking_uri=sqlite:///outputs/mlflow.db")
+    raise ConfigError(f"{source}: no MLflow server answers at {uri} ({reason}); start it "
+                      f"(mlflow server --host 127.0.0.1 --port 5000) or {_fix(source)}")
+
+
+def check(uri: str, source: str = OPTION, write: bool = True,
+          artifact_location: Optional[str] = None) -> None:
+    """Raise ConfigError if the store at `uri` cannot be used; takes seconds.
+
+    write=True (a run or sweep): a local store's folder is created if need be and must be
+    writable, as must an existing sqlite file. write=False (a report): a local store must
+    exist, and is never created. A server must answer either way.
+    """
+    path = local_path(uri)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri, source)
+    elif path and not write:
+        if not os.path.exists(path):
+            raise ConfigError(f"{source}: no MLflow store at {path}; run a sweep first "
+                              f"(sweeplab -m ...), or {_fix(source)}")
+    elif path and sqlite_path(uri):
+        _writable_folder(os.path.dirname(path), source)
+        if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
+            raise ConfigError(f"{source}: the database file {path} is read-only; "
+                              f"{_fix(source)}")
+    elif path:
+        _writable_folder(path, source)
+    if artifact_location and write:
+        _writable_folder(os.path.abspath(artifact_location), source)
 
 
 def check_store(cfg) -> None:
-    """Raise ConfigError if the store at `cfg.tracking_uri` cannot be used; takes seconds."""
-    uri = tracking_uri(cfg)
-    path = sqlite_path(uri)
-    if path:
-        _writable_folder(os.path.dirname(path), uri)
-        if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK):
-            raise ConfigError(f"mlflow.tracking_uri: the database file {path} is read-only; "
-                              f"{_fix(uri)}")
-    elif uri.startswith(("http://", "https://")):
-        check_server(uri)
-    elif "://" not in uri or uri.startswith("file://"):
-        _writable_folder(uri[len("file://"):] if uri.startswith("file://") else uri, uri)
-    if cfg.artifact_location:
-        _writable_folder(os.path.abspath(cfg.artifact_location), uri)
+    """Raise ConfigError if a run or sweep with the `mlflow` config `cfg` cannot write its
+    store; takes seconds."""
+    uri, source = resolve(cfg.tracking_uri)
+    check(uri, source, write=True, artifact_location=cfg.artifact_location)
 
 
 # ---------------------------------------------------------------- set-up under a lock
@@ -174,13 +236,16 @@ def store_lock(db_path: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def open_client(uri: str) -> MlflowClient:
+def open_client(uri: str) -> "MlflowClient":
     """An MlflowClient whose store is set up; a fresh sqlite db is created under the lock.
 
     MLflow builds (and on an empty db, creates and migrates) the store object when a client
     is made and caches it per process; making it under the lock means no second process can
     see a half-migrated schema.
     """
+    from mlflow.tracking import MlflowClient  # lazy: see the module's docstring
+
+    quiet_mlflow_sql_errors()
     path = sqlite_path(uri)
     if not path:
         return MlflowClient(tracking_uri=uri)
@@ -190,16 +255,37 @@ def open_client(uri: str) -> MlflowClient:
     return client
 
 
+def quiet_mlflow_sql_errors() -> None:
+    """MLflow logs every SQL error of its sqlite/database store with a full traceback before it
+    raises it (mlflow.store.db.utils); sweeplab retries and reports each failure itself, in
+    one line, so that logger only speaks for CRITICAL."""
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+
 def is_transient(err: BaseException) -> bool:
-    """Worth retrying (server down, db locked, disk trouble) rather than a refused request."""
+    """Worth retrying (server down, db locked) rather than a refused request."""
+    from mlflow.exceptions import MlflowException  # lazy: see the module's docstring
+
     if isinstance(err, MlflowException):
         return err.error_code not in PERMANENT_ERRORS
     return isinstance(err, Exception)
 
 
+def is_disk_full(err: BaseException) -> bool:
+    """A write failed for want of room (no space, quota, file-size limit), in a file of ours
+    or inside the sqlite store: waiting will not make room."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in FULL_ERRNOS:
+            return True
+        if SQLITE_FULL in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
 # ---------------------------------------------------------------- runs whose process died
 
-def mark_lost_runs(client: MlflowClient, experiment_ids: Iterable[str],
+def mark_lost_runs(client: "MlflowClient", experiment_ids: Iterable[str],
                    lost_after: Optional[float] = None) -> List[str]:
     """Close RUNNING runs whose heartbeat stopped more than `lost_after` s ago: FAILED, lost.
 
@@ -211,14 +297,14 @@ def mark_lost_runs(client: MlflowClient, experiment_ids: Iterable[str],
     runs = client.search_runs(list(experiment_ids), "attributes.status = 'RUNNING'",
                               max_results=5000)
     for run in runs:
-        beat = run.data.tags.get(HEARTBEAT_TAG)
+        beat = run.data.tags.get(tags.HEARTBEAT)
         if beat is None or now - float(beat) <= lost_after:
             continue
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(beat)))
-        client.set_tag(run.info.run_id, "outcome", "lost")
-        client.set_tag(run.info.run_id, ERROR_TAG,
-                       f"lost: no heartbeat since {when}; its process died without closing "
-                       f"the run (SIGKILL, out of memory, lost machine)")
+        client.set_tag(run.info.run_id, tags.OUTCOME, tags.OUTCOME_LOST)
+        client.set_tag(run.info.run_id, tags.ERROR,
+                       f"{tags.LOST_ERROR_PREFIX} no heartbeat since {when}; its process died "
+                       f"without closing the run (SIGKILL, out of memory, lost machine)")
         client.set_terminated(run.info.run_id, "FAILED", end_time=int(float(beat) * 1000))
         lost.append(run.info.run_id)
     if lost:
@@ -227,16 +313,16 @@ def mark_lost_runs(client: MlflowClient, experiment_ids: Iterable[str],
     return lost
 
 
-def beat(client: MlflowClient, run_id: str) -> None:
+def beat(client: "MlflowClient", run_id: str) -> None:
     """Refresh a run's heartbeat tag."""
-    client.set_tag(run_id, HEARTBEAT_TAG, str(int(time.time())))
+    client.set_tag(run_id, tags.HEARTBEAT, str(int(time.time())))
 
 
 class Heartbeat:
     """Refreshes a run's heartbeat from a daemon thread until stopped (a sweep's parent run;
     a job's run beats from its outbox thread)."""
 
-    def __init__(self, client: MlflowClient, run_id: str):
+    def __init__(self, client: "MlflowClient", run_id: str):
         self.client, self.run_id = client, run_id
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat_until_stopped, daemon=True,

@@ -18,6 +18,8 @@ The end: the parent is FINISHED, FAILED if a job failed, KILLED if the sweep was
 signal, with a summary of what finished; the process exits 0, 1 (a job failed), 2 (a config
 was rejected) or 128 + signal.
 """
+from __future__ import annotations
+
 import hashlib
 import itertools
 import json
@@ -27,19 +29,21 @@ import os
 import sys
 import time
 from collections import Counter
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from mlflow.tracking import MlflowClient
 from omegaconf import open_dict, read_write
 
-from runner import progress, resume, signals, store, tags
+from runner import codeversion, progress, resume, signals, store, tags
 from runner.config import ConfigError
 from runner.outbox import one_line
 from runner.tasks import spec_for
 from runner.tracking import experiment_id, tracking_uri
+
+if TYPE_CHECKING:  # MLflow loads when the sweep starts, not when `--help` imports this module
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +133,8 @@ def create_parent(client: MlflowClient, exp_id: str, overrides: List[str],
         exp_id, run_name=f"sweep {' '.join(overrides) or '(defaults)'}",
         tags={tags.SWEEP_DIR: sweep_dir, tags.ROLE: tags.ROLE_SWEEP,
               tags.SWEEP_KEY: sweep_key(overrides), tags.OVERRIDES: " ".join(overrides),
-              tags.HEARTBEAT: str(int(time.time())), resume.PROCESS: resume.this_process()})
+              tags.HEARTBEAT: str(int(time.time())), resume.PROCESS: resume.this_process(),
+              **codeversion.version_tags()})
     return parent.info.run_id
 
 
@@ -199,7 +204,7 @@ class SweepCallback(Callback):
                  f"({one_line(err)}); check that store, or use another one, e.g. "
                  f"mlflow.tracking_uri=sqlite:///{os.path.abspath('outputs/mlflow.db')}")
         _open_sweep = OpenSweep(client, uri, parent_id, sweep_dir,
-                                config.report.metric or spec_for(config.model).objective)
+                                config.report.metric or spec_for(config.model).ranking)
         clear_rejections(sweep_dir)
         resume.save_sweep_file(sweep_dir, {
             "parent_run_id": parent_id, "tracking_uri": uri,
@@ -245,7 +250,7 @@ class SweepCallback(Callback):
             sys.exit(2)
         if outcome["failed"]:
             print(f"sweeplab: error: {len(outcome['failed'])} job(s) failed: "
-                  f"{', '.join(outcome['failed'])} (tag sweeplab.error, error.txt in each run); "
+                  f"{', '.join(outcome['failed'])} (tag {tags.ERROR}, error.txt in each run); "
                   f"run them again with: sweeplab resume {sweep.sweep_dir}",
                   file=sys.stderr, flush=True)
             sys.exit(1)
@@ -266,7 +271,7 @@ def current_children(client: MlflowClient, parent: str) -> List:
     A resumed sweep holds earlier KILLED/FAILED attempts of a config too; they are history.
     """
     exp_id = client.get_run(parent).info.experiment_id
-    children = client.search_runs([exp_id], f"tags.mlflow.parentRunId = '{parent}'",
+    children = client.search_runs([exp_id], f"tags.`{tags.PARENT_RUN}` = '{parent}'",
                                   order_by=["attributes.start_time ASC"], max_results=5000)
     chosen = {}
     for child in children:  # oldest first: a later attempt replaces an unfinished one

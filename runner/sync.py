@@ -39,8 +39,15 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--tracking-uri", help="upload there instead of to the store each "
                         "file names")
     args = parser.parse_args(argv)
+    missing = [d for d in args.dirs if not os.path.exists(d)]
+    if missing:
+        print(f"sweeplab: error: sync: {missing[0]} does not exist; give a job or sweep folder "
+              f"that holds {JOURNAL_PATTERN} files, e.g. outputs/sweeps/<date>/<time>",
+              file=sys.stderr, flush=True)
+        return 2
     journals = [path for d in args.dirs for path in journals_under(d)]
-    if not journals:
+    pending = [d for d in args.dirs if os.path.isfile(os.path.join(d, PENDING_CLOSE))]
+    if not journals and not pending:
         print(f"sweeplab sync: nothing to upload under {', '.join(args.dirs)}")
         return 0
     failures = 0
@@ -56,7 +63,7 @@ def main(argv: List[str]) -> int:
         if os.path.exists(path + ".progress"):
             os.remove(path + ".progress")
         print(f"synced {count} writes to run {run_id} from {path}")
-    for folder in args.dirs:
+    for folder in pending:
         failures += not close_pending_sweep(folder, args.tracking_uri)
     return 1 if failures else 0
 

@@ -10,7 +10,9 @@ Writes go through the run's `Outbox` (runner/outbox.py): a background thread sen
 training never waits on the store, and saves them to a file if the store stays unreachable.
 Every run ends in a terminal state: FINISHED; KILLED (`outcome=killed`) when the job was told
 to stop; FAILED (`outcome=error`, the error in the `sweeplab.error` tag and `error.txt`) when
-it raised.
+it raised. If neither the store nor the journal took its writes (a full disk), leaving the run
+raises `WritesLost`: the job fails instead of passing for finished. Every run carries the code
+version (runner/codeversion.py).
 """
 import hashlib
 import json
@@ -25,9 +27,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from runner import store
-from runner.outbox import Outbox, one_line
-from runner.tags import REPLICATE
+from runner import codeversion, store, tags
+from runner.outbox import Outbox, WritesLost, one_line
 # Where the store is: re-exported, callers have always found these here.
 from runner.store import artifact_location, experiment_id, tracking_uri  # noqa: F401
 
@@ -37,7 +38,6 @@ MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 MAX_PARAMS_PER_BATCH = 100
 FLUSH_SECONDS = 5.0  # metrics reach the store at least this often, so the UI shows progress
 CREATE_RETRY_SECONDS = 10.0  # creating the run is retried this long, then the run goes offline
-CONFIG_HASH_TAG = "sweeplab.config_hash"  # what resume matches a job's earlier runs on
 RECORDED_ATTR = "sweeplab_run_id"  # set on an exception once a run recorded it
 
 
@@ -121,8 +121,8 @@ class JobContext:
 class TrackedRun:
     """A job's MLflow run: params and config on entry, batched metrics, status on exit."""
 
-    def __init__(self, cfg, job: JobContext, tags: Dict[str, str]):
-        self.cfg, self.job, self.tags = cfg, job, tags
+    def __init__(self, cfg, job: JobContext, task_tags: Dict[str, str]):
+        self.cfg, self.job, self.task_tags = cfg, job, task_tags
         self.pending: List[list] = []
         self.last_flush = time.monotonic()
         self.finished = False  # finish() called: a stop request no longer cuts the run short
@@ -134,23 +134,24 @@ class TrackedRun:
         uri = self.job.tracking_uri or tracking_uri(self.cfg.mlflow)
         self.staging = tempfile.mkdtemp(prefix="sweeplab-run-")
         overrides = list(self.job.overrides)
-        tags = {"sweeplab.overrides": " ".join(overrides) or "(none)", "outcome": "running",
-                CONFIG_HASH_TAG: config_hash(self.cfg), REPLICATE: replicate_hash(self.cfg),
-                store.HEARTBEAT_TAG: str(int(time.time())),
-                **self.tags, **(self.job.extra_tags or {})}
+        run_tags = {tags.OVERRIDES: " ".join(overrides) or "(none)",
+                    tags.OUTCOME: tags.OUTCOME_RUNNING, tags.CONFIG_HASH: config_hash(self.cfg),
+                    tags.REPLICATE: replicate_hash(self.cfg),
+                    tags.HEARTBEAT: str(int(time.time())), **codeversion.version_tags(),
+                    **self.task_tags, **(self.job.extra_tags or {})}
         if self.job.parent_run_id:
-            tags["mlflow.parentRunId"] = self.job.parent_run_id
-            tags["sweeplab.sweep_id"] = self.job.parent_run_id
+            run_tags[tags.PARENT_RUN] = self.job.parent_run_id
+            run_tags[tags.SWEEP_ID] = self.job.parent_run_id
         header = {"tracking_uri": uri, "experiment_name": self.cfg.mlflow.experiment_name,
                   "artifact_location": artifact_location(self.cfg.mlflow, uri),
                   "run_name": self.name}
-        failure = self._create_run(uri, tags)
+        failure = self._create_run(uri, run_tags)
         self.outbox = Outbox(self.client, self.run_id, self.job.output_dir or os.getcwd(),
                              header, offline_because=failure)
         if self.run_id is None:  # the store is unreachable: the journal creates it later
             self.outbox.put({"op": "create_run", "experiment_name": header["experiment_name"],
                              "artifact_location": header["artifact_location"],
-                             "run_name": self.name, "tags": tags,
+                             "run_name": self.name, "tags": run_tags,
                              "start_time": int(time.time() * 1000)})
         params = [[k, v[:6000]] for k, v in
                   flatten(OmegaConf.to_container(self.cfg, resolve=True)).items()]
@@ -164,20 +165,20 @@ class TrackedRun:
                 "MLflow run %s (%s) in %s", self.name, self.run_id, uri)
         return self
 
-    def _create_run(self, uri: str, tags: Dict[str, str]) -> Optional[BaseException]:
+    def _create_run(self, uri: str, run_tags: Dict[str, str]) -> Optional[BaseException]:
         """Create the run now (retrying briefly); the error if the store stays unreachable."""
         deadline = time.monotonic() + CREATE_RETRY_SECONDS
         while True:
             try:
                 self.client = store.open_client(uri)
                 exp_id = experiment_id(self.client, self.cfg.mlflow, uri)
-                run = self.client.create_run(exp_id, run_name=self.name, tags=tags)
+                run = self.client.create_run(exp_id, run_name=self.name, tags=run_tags)
                 self.run_id = run.info.run_id
                 return None
             except Exception as err:
                 if not store.is_transient(err):
                     raise
-                if time.monotonic() > deadline:
+                if store.is_disk_full(err) or time.monotonic() > deadline:
                     self.client = None  # the outbox journals from the start: no client needed
                     return err
                 time.sleep(1.0)
@@ -219,15 +220,15 @@ class TrackedRun:
         self.pending = []
         self.last_flush = time.monotonic()
 
-    def set_tags(self, tags: Dict[str, str]) -> None:
-        self.outbox.put({"op": "log_batch", "tags": [[k, str(v)] for k, v in tags.items()]})
+    def set_tags(self, values: Dict[str, str]) -> None:
+        self.outbox.put({"op": "log_batch", "tags": [[k, str(v)] for k, v in values.items()]})
 
     def finish(self, final: Dict[str, float], outcome: str) -> None:
         """Final metrics (no step) and the outcome tag users filter on."""
         self.finished = True
         self.log_metrics(final, step=0)
         self.flush()
-        self.set_tags({"outcome": outcome})
+        self.set_tags({tags.OUTCOME: outcome})
         self.log_dict(final, "final_metrics.json")
 
     # ------------------------------------------------------------ artifacts
@@ -264,10 +265,10 @@ class TrackedRun:
             status = "FINISHED"
         elif issubclass(exc_type, KeyboardInterrupt):  # Stopped, or Ctrl-C outside the CLI
             status = "KILLED"
-            self.set_tags({"outcome": "killed"})
+            self.set_tags({tags.OUTCOME: tags.OUTCOME_KILLED})
         else:
             status = "FAILED"
-            self.set_tags({"outcome": "error", store.ERROR_TAG: one_line(exc)})
+            self.set_tags({tags.OUTCOME: tags.OUTCOME_ERROR, tags.ERROR: one_line(exc)})
             self.log_text("".join(traceback.format_exception(exc_type, exc, tb)), "error.txt")
         if exc is not None:
             try:
@@ -280,6 +281,9 @@ class TrackedRun:
         self.outbox.close()
         self.run_id = self.outbox.run_id  # a run created late by the outbox has its id now
         shutil.rmtree(self.staging, ignore_errors=True)
+        if self.outbox.lost is not None and exc_type is None:
+            raise WritesLost(f"run {self.name}: {self.outbox.dropped} write(s) reached neither "
+                             f"the store nor the journal ({one_line(self.outbox.lost)})")
         return False
 
     def _log_job_log(self) -> None:
@@ -296,10 +300,13 @@ def recorded_run(error: BaseException) -> Optional[str]:
 
 
 def record_failure(cfg, job: JobContext, error: BaseException,
-                   tags: Optional[Dict[str, str]] = None) -> Optional[str]:
+                   task_tags: Optional[Dict[str, str]] = None) -> Optional[str]:
     """A FAILED run for a job that raised before its run was opened (e.g. reading its data),
-    so the failure shows in the store and the sweep counts it; returns the run id."""
-    run = TrackedRun(cfg, replace(job, should_stop=None), tags or {})
+    so the failure shows in the store and the sweep counts it; returns the run id. None when
+    the error is that the run's writes were lost: a second run would be lost the same way."""
+    if isinstance(error, WritesLost):
+        return None
+    run = TrackedRun(cfg, replace(job, should_stop=None), task_tags or {})
     run.__enter__()
     run.__exit__(type(error), error, error.__traceback__)
     return run.run_id

@@ -5,7 +5,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from runner.clipping import CLIPPERS, clip
+from runner import clipping
+from runner.clipping import MODES, ClipTable
+
+
+def clip(grads, node):
+    """One job's clipping: its gradients seen as [1, ...] (as the engine sees a solo run)."""
+    clipped, stats = clipping.clip([tf.convert_to_tensor(g)[None] for g in grads],
+                                   ClipTable([node]))
+    return [c[0] for c in clipped], {k: v[0] for k, v in stats.items()}
 
 SHAPES = [(3, 4), (5,), (2, 3, 4), (1,), (6, 1)]
 
@@ -44,7 +52,21 @@ def assert_stats(before, after, stats):
 
 
 def test_every_mode_has_a_clipper():
-    assert set(CLIPPERS) == {"none", "value", "norm", "global_norm"}
+    assert set(MODES) == {"none", "value", "norm", "global_norm"}
+
+
+def test_jobs_of_one_graph_clip_their_own_way():
+    nodes = [cfg("none"), cfg("value", min=-0.5, max=0.5), cfg("norm", clip_norm=1.0),
+             cfg("global_norm", clip_norm=1.0)]
+    grads = random_grads(3)
+    stacked = [tf.constant(np.stack([g] * len(nodes))) for g in grads]
+    together, stats = clipping.clip(stacked, ClipTable(nodes))
+    for j, node in enumerate(nodes):
+        alone, alone_stats = run_clip(grads, node)
+        for t, a in zip(together, alone):
+            np.testing.assert_allclose(t.numpy()[j], a, rtol=1e-6)
+        for key, value in alone_stats.items():
+            np.testing.assert_allclose(stats[key].numpy()[j], value, rtol=1e-6, err_msg=key)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -26,18 +26,24 @@ PTB_DIR = "dataset.data_dir=/data/simple-examples/data"  # validate never opens 
 # Text needs a text model and a PTB folder: what makes an option or preset runnable.
 FOR_TEXT_DATASET = ["model=lstm_small", PTB_DIR]
 FOR_TEXT_MODEL = ["dataset=ptb", PTB_DIR]
+# model=custom / dataset=custom call the user's code: tests/custom_parts.py stands in for it.
+FOR_CUSTOM = {"model": "model.factory=custom_parts:dense",
+              "dataset": "dataset.loader=custom_parts:blobs"}
 
 
 def runnable(*overrides):
-    """`overrides` composed, plus what a text dataset or text model needs beside it."""
+    """`overrides` composed, plus what a text dataset or text model needs beside it, and the
+    function a custom model or dataset calls."""
     cfg = compose_cfg(*overrides)
     if cfg.dataset.name in config.TEXT_DATASETS and cfg.model.name in config.IMAGE_MODELS:
-        cfg = compose_cfg(*overrides, *FOR_TEXT_DATASET)
+        overrides = (*overrides, *FOR_TEXT_DATASET)
     elif cfg.model.name in config.TEXT_MODELS and cfg.dataset.name in config.IMAGE_DATASETS:
-        cfg = compose_cfg(*overrides, *FOR_TEXT_MODEL)
+        overrides = (*overrides, *FOR_TEXT_MODEL)
     elif cfg.dataset.name in config.TEXT_DATASETS and not cfg.dataset.data_dir:
-        cfg = compose_cfg(*overrides, PTB_DIR)
-    return cfg
+        overrides = (*overrides, PTB_DIR)
+    cfg = compose_cfg(*overrides)
+    custom = [FOR_CUSTOM[group] for group in FOR_CUSTOM if cfg[group].name == config.CUSTOM]
+    return compose_cfg(*overrides, *custom) if custom else cfg
 
 
 def test_the_groups_and_presets_are_found():
@@ -54,9 +60,11 @@ def test_every_option_composes_and_validates(group, option):
     # The option file's own values (its `name` included) land in the composed node.
     own = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
     assert "name" in own, f"{group}/{option}.yaml sets no name"
-    for key, value in own.items():
-        if key != "defaults":
-            assert cfg[group][key] == value, f"{group}.{key}"
+    for key in own:
+        if OmegaConf.is_missing(own, key):  # `???`: the user sets it (model.factory=...)
+            assert OmegaConf.is_missing(cfg[group], key), f"{group}.{key}"
+        elif key != "defaults":
+            assert cfg[group][key] == own[key], f"{group}.{key}"
 
 
 def leaves(node, prefix=""):
@@ -421,7 +429,7 @@ def test_validate_runs_before_tensorflow_loads(tmp_path):
         "        validate(compose('config', overrides=['optimizer.lr=inf']))\n"
         "    except ConfigError as err:\n"
         "        print('rejected', err)\n"
-        "heavy = sorted(m for m in ('tensorflow', 'keras', 'models', 'runner.loop', 'runner.tasks.image') "
+        "heavy = sorted(m for m in ('tensorflow', 'keras', 'models', 'runner.engine', 'runner.tasks.image') "
         "if m in sys.modules)\n"
         "print('heavy', heavy)\n"
     )
@@ -431,3 +439,47 @@ def test_validate_runs_before_tensorflow_loads(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "rejected optimizer.lr: must be > 0, got inf" in done.stdout
     assert "heavy []" in done.stdout
+
+
+# ---------------------------------------------------------------- model=custom, dataset=custom
+
+def test_the_custom_options_have_schemas_of_their_own():
+    cfg = runnable("model=custom", "dataset=custom", "++model.kwargs.hidden=64",
+                   "+dataset.kwargs.seed=3")
+    validate(cfg)
+    assert cfg.model.kwargs == {"hidden": 64} and cfg.dataset.kwargs == {"seed": 3}
+    assert "input_divisor" not in cfg.dataset and "init" not in cfg.model
+    with pytest.raises(ConfigCompositionException, match=r"model\.factroy"):
+        compose_cfg("model=custom", "model.factroy=a:b")
+    with pytest.raises(ConfigCompositionException, match=r"dataset\.input_divisor"):
+        compose_cfg("dataset=custom", "dataset.input_divisor=255")
+    with pytest.raises(ConfigCompositionException, match=r"dataset\.loader"):
+        compose_cfg("dataset=mnist", "dataset.loader=a:b")  # only dataset=custom has a loader
+
+
+def test_a_users_option_files_build_on_custom(tmp_path):
+    # A user's config folder on the search path: their names, sweeplab's `custom` underneath;
+    # validation looks at `name` (custom), never at the option's file name.
+    (tmp_path / "model").mkdir()
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "model" / "mynet.yaml").write_text(
+        "# Mine.\ndefaults: [custom, _self_]\nfactory: custom_parts:dense\nkwargs: {hidden: 4}\n")
+    (tmp_path / "dataset" / "myblobs.yaml").write_text(
+        "# Mine.\ndefaults: [custom, _self_]\nloader: custom_parts:blobs\nval_fraction: 0.2\n")
+    cfg = compose_cfg("model=mynet", "dataset=myblobs", "model.kwargs.hidden=6",
+                      f"hydra.searchpath=[file://{tmp_path}]")
+    validate(cfg)
+    assert (cfg.model.name, cfg.model.factory, cfg.model.kwargs.hidden) == (
+        "custom", "custom_parts:dense", 6)
+    assert (cfg.dataset.name, cfg.dataset.val_fraction) == ("custom", 0.2)
+    with pytest.raises(ConfigCompositionException, match=r"model\.hiden"):
+        compose_cfg("model=mynet", "model.hiden=3", f"hydra.searchpath=[file://{tmp_path}]")
+
+
+def test_the_custom_options_are_not_image_or_text_only():
+    # A custom model or dataset is a classifier over arrays: it joins the image task.
+    assert config.CUSTOM in config.IMAGE_MODELS and config.CUSTOM in config.IMAGE_DATASETS
+    assert set(config.DATASET_SCHEMAS) <= set(config.DATASETS)
+    with pytest.raises(ConfigError, match=r"^model\.name: custom reads images but "
+                                          r"dataset=ptb is text"):
+        validate(compose_cfg("model=custom", FOR_CUSTOM["model"], "dataset=ptb", PTB_DIR))

@@ -69,3 +69,28 @@ def test_descriptions_come_from_the_first_comment_line_and_keep_dollars(tmp_path
     # Hydra runs string.Template over the help, which turns `$$` back into `$`.
     text = string.Template(app_help.groups_help({"optimizer": "fancy"}, str(tmp_path)))
     assert re.search(r"^  fancy\*\s+Costs \$5 a step\.$", text.substitute(), re.M)
+
+
+# ---------------------------------------------------------------- fast: nothing heavy loads
+
+HEAVY = ("matplotlib", "mlflow", "tensorflow", "runner.report")
+
+
+def _loaded_after(code: str, cwd) -> dict:
+    """{module: loaded?} for HEAVY after running `code` in a fresh interpreter."""
+    probe = (f"import sys\n{code}\n"
+             f"print(*[m in sys.modules for m in {HEAVY!r}])")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=cwd, env=cli_env(cwd),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return dict(zip(HEAVY, [flag == "True" for flag in done.stdout.split()[-len(HEAVY):]]))
+
+
+def test_importing_the_cli_loads_no_report_matplotlib_mlflow_or_tensorflow(tmp_path):
+    assert _loaded_after("import runner.cli", tmp_path) == dict.fromkeys(HEAVY, False)
+
+
+def test_help_prints_without_loading_them(tmp_path):
+    code = ("sys.argv = ['sweeplab', '--help']\nimport runner.cli\n"
+            "try:\n    runner.cli.hydra_app()\nexcept SystemExit:\n    pass")
+    assert _loaded_after(code, tmp_path) == dict.fromkeys(HEAVY, False)

@@ -1,5 +1,5 @@
-"""runner.optim: step -> lr schedules checked at and around their boundaries, and optimizers
-that apply exactly the scheduled lr."""
+"""runner.optim: step -> lr schedules checked at and around their boundaries, and update rules
+pinned to Keras' own optimizers that apply exactly the scheduled lr, job by job."""
 import math
 
 import keras
@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from conftest import compose_cfg
 from runner.config import LRScheduleConfig, OptimizerConfig
-from runner.optim import OPTIMIZERS, SCHEDULES, optimizer, schedule
+from runner.optim import RULES, SCHEDULES, Optimizer, job_rates, schedule
 
 LR = 0.1
 
@@ -25,11 +25,6 @@ def opt_cfg(name, **fields):
 
 def lr_at(fn, step):
     return float(fn(tf.constant(step, tf.int64)))
-
-
-def test_every_option_has_a_schedule_and_an_optimizer():
-    assert set(SCHEDULES) == {"constant", "piecewise", "exponential", "cosine"}
-    assert set(OPTIMIZERS) == {"sgd", "momentum", "adam", "rmsprop"}
 
 
 # ---------------------------------------------------------------- schedules
@@ -151,80 +146,107 @@ def test_schedules_give_the_same_values_in_a_graph(node):
         assert float(got) == pytest.approx(lr_at(fn, step))
 
 
-# ---------------------------------------------------------------- optimizers
+# ---------------------------------------------------------------- update rules
 
-def apply_ones(opt, var, times):
-    """Apply a gradient of ones `times` times; return the change of `var` at every update."""
-    moves = []
+class Jobs:
+    """N jobs' copies of one variable as a [N, ...] tf.Variable, updated by optim.Optimizer."""
+
+    def __init__(self, nodes, shape, schedules):
+        self.var = tf.Variable(np.zeros((len(nodes), *shape), np.float32))
+        self.opt = Optimizer(nodes, [self.var], view=tf.convert_to_tensor,
+                             write=lambda v, value: v.assign(value))
+        self.schedules = schedules
+
+    def apply(self, grad, mask=None):
+        mask = tf.ones([len(self.schedules)], tf.bool) if mask is None else tf.constant(mask)
+        lr = job_rates(self.schedules, self.opt.iterations)
+        self.opt.apply([tf.constant(grad, tf.float32)], lr, mask)
+
+
+def apply_ones(node, fn, shape, times):
+    """One job; a gradient of ones `times` times; the change of the variable at every update."""
+    jobs, moves = Jobs([node], shape, [fn]), []
     for _ in range(times):
-        before = var.numpy().copy()
-        opt.apply([tf.ones_like(var)], [var])
-        moves.append(before - var.numpy())
+        before = jobs.var.numpy()[0].copy()
+        jobs.apply(np.ones((1, *shape), np.float32))
+        moves.append(before - jobs.var.numpy()[0])
     return moves
 
 
-@pytest.mark.parametrize("name,cls", [("sgd", keras.optimizers.SGD),
-                                      ("momentum", keras.optimizers.SGD),
-                                      ("adam", keras.optimizers.Adam),
-                                      ("rmsprop", keras.optimizers.RMSprop)])
-def test_builds_each_optimizer_with_its_options(name, cls):
-    node = opt_cfg(name, momentum=0.8, nesterov=True, beta1=0.85, beta2=0.99, rho=0.7,
-                   epsilon=1e-6)
-    opt = optimizer(node, schedule(sched_cfg("constant"), LR, 10, 100))
-    assert isinstance(opt, cls)
-    if name == "sgd":
-        assert opt.momentum == 0.0 and not opt.nesterov
-    if name == "momentum":
-        assert opt.momentum == pytest.approx(0.8) and opt.nesterov
-    if name == "adam":
-        assert (opt.beta_1, opt.beta_2, opt.epsilon) == pytest.approx((0.85, 0.99, 1e-6))
-    if name == "rmsprop":
-        assert (opt.rho, opt.momentum, opt.epsilon) == pytest.approx((0.7, 0.0, 1e-6))
+KERAS = {
+    "sgd": lambda o: keras.optimizers.SGD(learning_rate=LR),
+    "momentum": lambda o: keras.optimizers.SGD(learning_rate=LR, momentum=o.momentum,
+                                               nesterov=o.nesterov),
+    "adam": lambda o: keras.optimizers.Adam(learning_rate=LR, beta_1=o.beta1, beta_2=o.beta2,
+                                            epsilon=o.epsilon),
+    "rmsprop": lambda o: keras.optimizers.RMSprop(learning_rate=LR, rho=o.rho, epsilon=o.epsilon),
+}
+RULE_CASES = [("sgd", {}), ("momentum", {"momentum": 0.8}),
+              ("momentum", {"momentum": 0.9, "nesterov": True}),
+              ("adam", {"beta1": 0.85, "beta2": 0.99, "epsilon": 1e-6}),
+              ("adam", {"epsilon": 1e-8}), ("rmsprop", {"rho": 0.7, "epsilon": 1e-6})]
+
+
+def test_every_option_has_a_schedule_and_an_update_rule():
+    assert set(SCHEDULES) == {"constant", "piecewise", "exponential", "cosine"}
+    assert set(RULES) == {"sgd", "momentum", "adam", "rmsprop"}
+
+
+@pytest.mark.parametrize("name, fields", RULE_CASES, ids=lambda c: str(c))
+def test_each_rule_is_keras_own_update(name, fields):
+    # Pinned to keras.optimizers: 8 steps of random gradients, the same variable trajectory.
+    node = opt_cfg(name, **fields)
+    rng = np.random.default_rng(0)
+    grads = rng.normal(0, 1, (8, 3, 4)).astype(np.float32)
+    reference = keras.Variable(np.zeros((3, 4), np.float32))
+    keras_opt = KERAS[name](node)
+    jobs = Jobs([node], (3, 4), [schedule(sched_cfg("constant"), LR, 10, 100)])
+    for g in grads:
+        keras_opt.apply([tf.constant(g)], [reference])
+        jobs.apply(g[None])
+        np.testing.assert_allclose(jobs.var.numpy()[0], reference.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_jobs_of_one_graph_keep_their_own_constants_and_masked_jobs_stay_put():
+    nodes = [opt_cfg("adam", beta1=b1) for b1 in (0.9, 0.5, 0.7)]
+    fn = schedule(sched_cfg("constant"), LR, 10, 100)
+    together, grads = Jobs(nodes, (2,), [fn] * 3), np.ones((3, 2), np.float32)
+    together.apply(grads)
+    together.apply(grads, mask=[True, False, True])
+    for j, node in enumerate(nodes):
+        alone = Jobs([node], (2,), [fn])
+        alone.apply(grads[j:j + 1])
+        if j != 1:
+            alone.apply(grads[j:j + 1])
+        np.testing.assert_array_equal(together.var.numpy()[j], alone.var.numpy()[0])
+    assert together.opt.iterations.numpy().tolist() == [2, 1, 2]
 
 
 def test_sgd_moves_by_exactly_the_scheduled_lr_at_every_step():
     # Boundaries at steps 1 and 3: the updates use lr, lr/10, lr/10, lr/100, lr/100.
     node = sched_cfg("piecewise", unit="step", boundaries=[1, 3], multipliers=[1.0, 0.1, 0.01])
     fn = schedule(node, LR, steps_per_epoch=10, total_steps=100)
-    opt = optimizer(opt_cfg("sgd"), fn)
-    var = keras.Variable(np.zeros(3, np.float32))
-    moves = apply_ones(opt, var, 5)
+    moves = apply_ones(opt_cfg("sgd"), fn, (3,), 5)
     expected = [LR, LR / 10, LR / 10, LR / 100, LR / 100]
     for move, lr in zip(moves, expected):
         np.testing.assert_allclose(move, lr, rtol=1e-5)
-    assert int(opt.iterations) == 5
 
 
 def test_sgd_follows_the_cosine_warmup():
     warmup, total = 4, 12
     fn = schedule(sched_cfg("cosine", warmup_steps=warmup, min_fraction=0.0), LR,
                   steps_per_epoch=4, total_steps=total)
-    opt = optimizer(opt_cfg("sgd"), fn)
-    var = keras.Variable(np.zeros((2, 2), np.float32))
-    moves = apply_ones(opt, var, total)
+    moves = apply_ones(opt_cfg("sgd"), fn, (2, 2), total)
     for step, move in enumerate(moves):
         np.testing.assert_allclose(move, cosine_reference(step, total, warmup, 0.0), rtol=1e-5,
                                    atol=1e-7)
-
-
-def test_optimizer_learning_rate_reports_the_schedule():
-    fn = schedule(sched_cfg("exponential", decay=0.5, after_epochs=1), LR,
-                  steps_per_epoch=2, total_steps=10)
-    opt = optimizer(opt_cfg("sgd"), fn)
-    var = keras.Variable(np.zeros(1, np.float32))
-    for step in range(6):
-        # lr for the next update = LR * 0.5 ** epoch with epoch = step // 2 (after_epochs=1)
-        assert float(opt.learning_rate) == pytest.approx(LR * 0.5 ** (step // 2))
-        opt.apply([tf.ones_like(var)], [var])
 
 
 def test_momentum_accumulates_scheduled_steps():
     # m_t = mu * m_{t-1} - lr_t * g;  w += m_t.  With g = 1: moves lr0, mu*lr0 + lr1, ...
     mu = 0.9
     node = sched_cfg("piecewise", unit="step", boundaries=[1], multipliers=[1.0, 0.5])
-    opt = optimizer(opt_cfg("momentum", momentum=mu), schedule(node, LR, 10, 100))
-    var = keras.Variable(np.zeros(2, np.float32))
-    moves = apply_ones(opt, var, 3)
+    moves = apply_ones(opt_cfg("momentum", momentum=mu), schedule(node, LR, 10, 100), (2,), 3)
     lr0, lr1 = LR, LR * 0.5
     expected = [lr0, mu * lr0 + lr1, mu * (mu * lr0 + lr1) + lr1]
     for move, e in zip(moves, expected):
@@ -234,26 +256,22 @@ def test_momentum_accumulates_scheduled_steps():
 def test_nesterov_first_step():
     # Nesterov: w += mu * m_t - lr * g, so the first move is (1 + mu) * lr.
     mu = 0.9
-    opt = optimizer(opt_cfg("momentum", momentum=mu, nesterov=True),
-                    schedule(sched_cfg("constant"), LR, 10, 100))
-    var = keras.Variable(np.zeros(2, np.float32))
-    np.testing.assert_allclose(apply_ones(opt, var, 1)[0], (1 + mu) * LR, rtol=1e-5)
+    moves = apply_ones(opt_cfg("momentum", momentum=mu, nesterov=True),
+                       schedule(sched_cfg("constant"), LR, 10, 100), (2,), 1)
+    np.testing.assert_allclose(moves[0], (1 + mu) * LR, rtol=1e-5)
 
 
 def test_adam_first_step_is_the_scheduled_lr():
     # Bias-corrected first Adam step: lr * g / (|g| + eps'), i.e. ~lr for g = 1.
     warmup = 4
     fn = schedule(sched_cfg("cosine", warmup_steps=warmup), LR, 10, 100)
-    opt = optimizer(opt_cfg("adam"), fn)
-    var = keras.Variable(np.zeros(3, np.float32))
-    np.testing.assert_allclose(apply_ones(opt, var, 1)[0], LR / warmup, rtol=1e-4)
+    np.testing.assert_allclose(apply_ones(opt_cfg("adam"), fn, (3,), 1)[0], LR / warmup,
+                               rtol=1e-4)
 
 
 def test_rmsprop_first_step():
     # v = (1 - rho) * g**2; w -= lr * g / sqrt(v + eps): lr / sqrt(1 - rho) for g = 1.
     rho = 0.9
     node = sched_cfg("piecewise", unit="step", boundaries=[1], multipliers=[0.5, 1.0])
-    opt = optimizer(opt_cfg("rmsprop", rho=rho), schedule(node, LR, 10, 100))
-    var = keras.Variable(np.zeros(3, np.float32))
-    np.testing.assert_allclose(apply_ones(opt, var, 1)[0], 0.5 * LR / math.sqrt(1 - rho),
-                               rtol=1e-4)
+    moves = apply_ones(opt_cfg("rmsprop", rho=rho), schedule(node, LR, 10, 100), (3,), 1)
+    np.testing.assert_allclose(moves[0], 0.5 * LR / math.sqrt(1 - rho), rtol=1e-4)

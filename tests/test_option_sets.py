@@ -9,10 +9,10 @@ from runner import clipping, config, data, optim, regularizers
 from runner.tasks import image
 
 DISPATCH = [
-    ("runner.clipping.CLIPPERS", clipping.CLIPPERS, config.CLIPPING_MODES),
-    ("runner.regularizers.PENALTIES", regularizers.PENALTIES, config.REGULARIZERS),
+    ("runner.clipping.MODES", clipping.MODES, config.CLIPPING_MODES),
+    ("runner.regularizers.TERMS", regularizers.TERMS, config.REGULARIZERS),
     ("runner.optim.SCHEDULES", optim.SCHEDULES, config.LR_SCHEDULES),
-    ("runner.optim.OPTIMIZERS", optim.OPTIMIZERS, config.OPTIMIZERS),
+    ("runner.optim.RULES", optim.RULES, config.OPTIMIZERS),
     ("models.MODELS", models.MODELS, config.MODELS),  # config.MODELS = MODEL_SCHEMAS' names
     ("models.init.KERNEL_INITS", models.init.KERNEL_INITS, config.INITS),
     ("models.mlp.ACTIVATIONS", models.mlp.ACTIVATIONS, config.ACTIVATIONS),

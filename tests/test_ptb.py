@@ -318,8 +318,8 @@ def test_the_language_model_trains_on_cross_entropy_only(tmp_path):
 
 def test_same_seed_same_losses_with_dropout():
     import models
-    from runner import optim
-    from runner.loop import Variant, make_train_steps, seed_everything
+    from runner import engine
+    from runner.nets import KerasNet
 
     cfg = compose_cfg("experiment=ptb_lstm", "model.hidden=8", "model.num_steps=5",
                       "model.keep_prob=0.5", "train.batch_size=3", "train.eval_every=6")
@@ -327,15 +327,15 @@ def test_same_seed_same_losses_with_dropout():
     x, y = ptb.batches(ids, cfg.train.batch_size, cfg.model.num_steps)
 
     def losses(seed):
-        seed_everything(seed)
-        model = models.build(cfg.model, SimpleNamespace(vocab_size=15))
-        lr_at = optim.schedule(cfg.lr_schedule, cfg.optimizer.lr, len(x), 100)
+        engine.seed_everything(seed)
+        net = KerasNet(models.build(cfg.model, SimpleNamespace(vocab_size=15)))
         state = language_model.CarriedState(cfg.model, cfg.train.batch_size)
-        variant = Variant(model, optim.optimizer(cfg.optimizer, lr_at), lr_at, cfg.clipping,
-                          cfg.regularizer, language_model.Windows(x, y),
-                          language_model.objective(cfg.train, state, cfg.model.num_steps))
-        train_steps = make_train_steps(variant, capacity=6)
-        return train_steps(6).series["train_loss"].tolist()
+        train_steps = engine.make_train_steps(
+            net, engine.make_update(net, [cfg], steps_per_epoch=len(x), steps=100),
+            language_model.Windows(x, y),
+            language_model.objective(cfg.train, state, cfg.model.num_steps), capacity=6)
+        (interval,) = train_steps(6)
+        return interval.series["train_loss"].tolist()
 
     first = losses(3)
     assert first == losses(3) and first != losses(4)

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from runner.regularizers import PENALTIES, penalty
+from runner import regularizers
+from runner.regularizers import TERMS, PenaltyTable
+
+
+def penalty(variables, node):
+    """One job's penalty: its variables seen as [1, ...] (as the engine sees a solo run)."""
+    return regularizers.penalty([tf.convert_to_tensor(v)[None] for v in variables],
+                                PenaltyTable([node]))[0]
 
 # Two weight matrices and one bias vector with easy numbers.
 W1 = [[1.0, -2.0], [3.0, 0.5]]  # squares 1 + 4 + 9 + 0.25 = 14.25, |.| 6.5
@@ -24,7 +31,14 @@ def cfg(name, strength=0.1, include_biases=True):
 
 
 def test_every_option_has_a_penalty():
-    assert set(PENALTIES) == {"none", "l1", "l2"}
+    assert set(TERMS) == {"none", "l1", "l2"}
+
+
+def test_jobs_of_one_graph_get_their_own_penalties(variables):
+    nodes = [cfg("l2"), cfg("l1", strength=0.2, include_biases=False), cfg("none")]
+    stacked = [tf.stack([tf.convert_to_tensor(v)] * 3) for v in variables]
+    together = regularizers.penalty(stacked, PenaltyTable(nodes)).numpy()
+    np.testing.assert_allclose(together, [float(penalty(variables, n)) for n in nodes], rtol=1e-6)
 
 
 def test_l2_with_biases_by_hand(variables):
@@ -71,7 +85,7 @@ def test_l2_gradient_is_strength_times_weights(variables):
         value = penalty(variables, cfg("l2", strength=0.1, include_biases=False))
     grads = tape.gradient(value, variables)
     np.testing.assert_allclose(grads[0].numpy(), 0.1 * np.array(W1), rtol=1e-6)
-    assert grads[1] is None
+    assert not np.any(grads[1].numpy())
     np.testing.assert_allclose(grads[2].numpy(), 0.1 * np.array(W2), rtol=1e-6)
 
 

@@ -99,7 +99,7 @@ def test_unstackable_models_and_lonely_jobs_train_alone_with_a_reason():
     chunks = plan_chunks(cfgs, [{}] * len(cfgs), max_stack=16)
     assert [c.members for c in chunks] == [[0, 2], [1], [3], [4]]
     assert chunks[0].alone is None
-    assert "'alexnet' has dropout/normalisation layers" in chunks[1].alone
+    assert "model=alexnet trains one per graph" in chunks[1].alone
     assert "no other job" in chunks[2].alone
     assert "LSTM state" in chunks[3].alone
     assert [c.members for c in plan_chunks(cfgs[:3:2], [{}] * 2, max_stack=1)] == [[0], [1]]
@@ -209,7 +209,7 @@ def test_a_rejected_job_is_skipped_and_an_alexnet_job_trains_alone(tmp_path):
     assert "1 job(s) of this sweep were rejected" in errors[1] and len(errors) == 2
     rejected, trained = job_dirs(tmp_path)
     assert (rejected / "CONFIG_ERROR").is_file() and (rejected / ".hydra/config.yaml").is_file()
-    why = "job #1 trains alone: model 'alexnet' has dropout/normalisation layers"
+    why = "job #1 trains alone: model=alexnet trains one per graph"
     assert why in out
     log = (trained / "cli.log").read_text()
     assert why in log and "step 30/30" in log

@@ -55,6 +55,8 @@ def test_a_damaged_mnist_file_is_one_line_and_exit_2(tmp_path):
                     f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"], tmp_path)
     line = assert_one_error_line(done, "dataset.data_dir")
     assert str(cut) in line and "re-copy or re-download the file" in line
+    # Read before TensorFlow loads: none of its start-up lines, nothing but the error.
+    assert done.stderr.splitlines() == [line] and done.stdout == ""
 
 
 def test_a_ptb_file_that_is_not_utf8_is_one_line_and_exit_2(tmp_path):
@@ -67,3 +69,4 @@ def test_a_ptb_file_that_is_not_utf8_is_one_line_and_exit_2(tmp_path):
                     f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"], tmp_path)
     line = assert_one_error_line(done, "dataset.data_dir")
     assert str(directory / "ptb.test.txt") in line and "not UTF-8" in line
+    assert done.stderr.splitlines() == [line] and done.stdout == ""  # before TensorFlow loads

@@ -11,16 +11,18 @@ from omegaconf import OmegaConf
 
 from runner.tasks import supports
 
-# Config groups whose values change no tensor's shape: jobs that differ only here share a
-# graph. The optimizer's name is the exception (Adam and SGD keep different slots).
-SHAPE_FREE_GROUPS = ("optimizer", "clipping", "regularizer", "lr_schedule", "plots")
+# Config keys whose values change no tensor's shape: jobs that differ only here share a graph
+# (runner.tasks.STACKS lists what the engine stacks of each group). The optimizer's name is
+# the exception (Adam and SGD keep different slots). Seeds are replicates: each job of a graph
+# keeps its own initial weights, data split and batch order.
+SHAPE_FREE_KEYS = ("optimizer", "clipping", "regularizer", "lr_schedule", "plots", "seed")
 
 
 def graph_key(cfg, env: Dict[str, str]) -> str:
     """Equal for two jobs exactly when they can share one graph (and one environment)."""
     shared = OmegaConf.to_container(cfg, resolve=True)
-    for group in SHAPE_FREE_GROUPS:
-        shared.pop(group, None)
+    for key in SHAPE_FREE_KEYS:
+        shared.pop(key, None)
     shared["optimizer.name"] = cfg.optimizer.name
     return json.dumps({"config": shared, "env": env}, sort_keys=True, default=str)
 

@@ -1,36 +1,39 @@
-"""Image classification (seeds 000-003), top to bottom: one job, or several that train side by side.
+"""Image classification (seeds 000-003), top to bottom: one job, or several in one graph.
 
-config -> data -> model(s) -> schedule/optimizer -> engine (compiled multi-step loop) with an
-evaluation every `train.eval_every` steps -> test -> metrics, plots, MLflow. The task supplies
-what is particular to images: shuffled batches drawn on the graph, the loss, the evaluation.
-`run_variants` trains jobs whose configs differ only in values that keep the graph's shapes
-(optimizer, clipping, regularizer, schedule numbers) in one compiled call; each job still gets
-its own MLflow run with exactly what it would get alone.
+plan -> data (each job's seed: its split and batch order) -> models (each job's seed: its
+initial weights) -> the engine (runner/engine.py: one compiled multi-step loop, the same for
+one job or N) with an evaluation every `train.eval_every` steps -> test -> metrics, plots,
+MLflow. The task supplies what is particular to images: shuffled batches drawn on the graph,
+the loss and the evaluation, each written once over the jobs' leading axis.
+
+Jobs that differ only in what runner.tasks.STACKS declares (optimizer values, clipping,
+regularizer, lr schedule, seed) train in one graph when their model can stack
+(runner.nets.stack_reason); otherwise each trains in its own graph, one after another, and
+the log says why. Each job gets its own MLflow run with exactly what it would get alone.
 """
 import logging
 import time
-from collections import defaultdict
 from contextlib import ExitStack
-from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from dataclasses import dataclass
+from typing import List, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 import models
-from runner import data, optim, plots, progress, stacked
+from runner import data, engine, plots, progress, tags
 from runner.config import ConfigError
+from runner.engine import Stopwatch, configure_threads, seed_everything
+from runner.nets import KerasNet, StackedNet, stack_reason
 from runner.outcome import classify
-from runner.loop import (Stopwatch, Variant, configure_threads, make_train_steps,
-                         record_interval, seed_everything)
-from runner.tasks import IMAGE, TAG_TASK
-from runner.tracking import JobContext, TrackedRun
+from runner.tasks import IMAGE
+from runner.tasks.common import Job, advance, close_job, open_jobs
+from runner.tracking import JobContext
 
 log = logging.getLogger(__name__)
-# Every evaluation's line: to the job's log file (conf/hydra/job_logging), not the console.
-steps_log = logging.getLogger("sweeplab.steps")
 
-# Per-example losses; `data_loss` reduces them over the batch as train.loss_reduction says.
+# Per-example losses over [N, B] labels and [N, B, classes] logits; the objective reduces
+# them over the batch as train.loss_reduction says.
 PER_EXAMPLE_LOSSES = {
     "cross_entropy": lambda labels, logits: tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=labels, logits=logits),
@@ -75,7 +78,7 @@ class ShuffledBatches:
             self.order.assign(tf.argsort(self.rng.uniform([self.n])))
             self.cursor.assign(0)
             return tf.constant(True)
-        # An explicit cond: the training step is traced without AutoGraph (runner.loop).
+        # An explicit cond: the training step is traced without AutoGraph (runner.engine).
         tf.cond(self.cursor + self.batch > self.n, reshuffle, lambda: tf.constant(False))
         # A gather, not a variable-bounded slice: that slice hangs XLA's compiler.
         idx = tf.gather(self.order, self.cursor + tf.range(self.batch))
@@ -83,44 +86,74 @@ class ShuffledBatches:
         return tf.gather(self.x, idx), tf.gather(self.y, idx)
 
 
-def loss_fn(train_cfg):
-    """(labels, logits) -> scalar loss for cfg.train (`loss`, `loss_reduction`)."""
-    per_example = PER_EXAMPLE_LOSSES[train_cfg.loss]
-    reduce = tf.reduce_sum if train_cfg.loss_reduction == "sum" else tf.reduce_mean
-    return lambda labels, logits: reduce(per_example(labels, logits))
+class JobBatches:
+    """One batch per job, [N, B, ...], each from its own split in its own seed's order (jobs
+    of one graph whose seeds differ)."""
+
+    def __init__(self, sources: Sequence[ShuffledBatches]):
+        self.sources = list(sources)
+
+    def next(self):
+        xs, ys = zip(*(source.next() for source in self.sources))
+        return tf.stack(xs), tf.stack(ys)
+
+
+def same_data(cfgs) -> bool:
+    """Every job draws the same split and batches (one seed): inputs are shared, not per job."""
+    return len({cfg.seed for cfg in cfgs}) == 1
+
+
+def batch_source(cfgs, splits):
+    """The jobs' batches: shared [B, ...] when they have one seed, else [N, B, ...]."""
+    batch = cfgs[0].train.batch_size
+    if same_data(cfgs):
+        return ShuffledBatches(splits[0].train, batch, cfgs[0].seed)
+    return JobBatches([ShuffledBatches(s.train, batch, cfg.seed) for cfg, s in zip(cfgs, splits)])
+
+
+def _labels_like(y, logits):
+    """[B] labels shared by every job -> [N, B]; per-job [N, B] labels as they are."""
+    return y if y.shape.rank == 2 else tf.broadcast_to(y, tf.shape(logits)[:2])
 
 
 def objective(train_cfg):
-    """(model, batch) -> (objective, loss per example, commit) for cfg.train's loss."""
-    data_loss = loss_fn(train_cfg)
+    """(net, batch) -> ([N] objective, [N] loss per example, commit) for cfg.train's loss."""
+    per_example = PER_EXAMPLE_LOSSES[train_cfg.loss]
+    reduce = tf.reduce_sum if train_cfg.loss_reduction == "sum" else tf.reduce_mean
     per_example_divisor = float(train_cfg.batch_size) if train_cfg.loss_reduction == "sum" else 1.0
 
-    def fn(model, batch):
+    def fn(net, batch):
         x, y = batch
-        total = data_loss(y, model(x, training=True))
+        logits = net(x, training=True)
+        total = reduce(per_example(_labels_like(y, logits), logits), axis=1)
         # Reported per example whatever the reduction, like val_loss.
-        return total, total / per_example_divisor, tf.no_op
+        return total, total / per_example_divisor, lambda applied: None
     return fn
 
 
-def make_evaluate(train_cfg, model):
-    """(x, y) -> (mean loss, accuracy), in chunks of `eval_batch_size` to bound memory."""
+def make_evaluate(train_cfg, net):
+    """(x, y) -> [(mean loss, accuracy) per job], in chunks of `eval_batch_size` to bound
+    memory. x, y are shared ([E, ...], [E]) or per job ([N, E, ...], [N, E])."""
     per_example = PER_EXAMPLE_LOSSES[train_cfg.loss]
 
     @tf.function(reduce_retracing=True)
     def chunk(x, y):
-        logits = model(x, training=False)
-        correct = tf.reduce_sum(tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == y,
-                                        tf.float32))
-        return tf.reduce_sum(per_example(y, logits)), correct
+        logits = net(x, training=False)
+        labels = _labels_like(y, logits)
+        correct = tf.reduce_sum(tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == labels,
+                                        tf.float32), 1)
+        return tf.reduce_sum(per_example(labels, logits), 1), correct
 
     def evaluate(x, y):
-        loss_sum = correct = 0.0
-        for start in range(0, len(y), train_cfg.eval_batch_size):
+        count = y.shape[-1]
+        loss_sum, correct = np.zeros(net.n), np.zeros(net.n)
+        for start in range(0, count, train_cfg.eval_batch_size):
             stop = start + train_cfg.eval_batch_size
-            l, c = chunk(tf.constant(x[start:stop]), tf.constant(y[start:stop]))
-            loss_sum, correct = loss_sum + float(l), correct + float(c)
-        return loss_sum / len(y), correct / len(y)
+            part = slice(start, stop)
+            l, c = (chunk(tf.constant(x[:, part]), tf.constant(y[:, part])) if y.ndim == 2
+                    else chunk(tf.constant(x[part]), tf.constant(y[part])))
+            loss_sum, correct = loss_sum + l.numpy(), correct + c.numpy()
+        return [(float(l) / count, float(c) / count) for l, c in zip(loss_sum, correct)]
 
     return evaluate
 
@@ -133,110 +166,100 @@ def eval_window(val, size, index):
     return val.x[idx], val.y[idx]
 
 
-@dataclass
-class Job:
-    """One job in the loop: its config, model, run and what it has done so far."""
-    cfg: object
-    model: object  # its Keras model (holds its final weights after training)
-    variable_names: List[str]
-    tracked: TrackedRun
-    history: dict = field(default_factory=lambda: defaultdict(list))
-    step: int = 0
-    diverged_at: Optional[int] = None
-    label: str = ""  # prefix of its progress lines when several jobs train together
-    log: logging.Logger = steps_log
-
-    @property
-    def alive(self) -> bool:
-        return self.diverged_at is None
+def job_arrays(cfgs, parts):
+    """The jobs' (x, y) of one split: shared arrays for one seed, else stacked per job."""
+    if same_data(cfgs):
+        return parts[0]
+    return np.stack([x for x, _ in parts]), np.stack([y for _, y in parts])
 
 
-def build_variant(cfg, splits, plan_: Plan, batches) -> Variant:
-    """A job's model (its seed's initial weights, as when it runs alone) and its optimizer."""
-    seed_everything(cfg.seed)
-    model = models.build(cfg.model, splits.info)
-    lr_at = optim.schedule(cfg.lr_schedule, cfg.optimizer.lr, plan_.steps_per_epoch, plan_.steps)
-    return Variant(model=model, optimizer=optim.optimizer(cfg.optimizer, lr_at), lr_at=lr_at,
-                   clipping=cfg.clipping, regularizer=cfg.regularizer, batches=batches,
-                   objective=objective(cfg.train))
+def build_models(cfgs, info) -> list:
+    """Each job's Keras model, with its seed's initial weights (as when it runs alone)."""
+    built = []
+    for cfg in cfgs:
+        seed_everything(cfg.seed)
+        built.append(models.build(cfg.model, info))
+    return built
 
 
 def run(cfg, job: JobContext) -> float:
     """Train, evaluate and track one configuration; return the last validation loss."""
-    return run_variants([cfg], [job])[0]
+    return run_group([cfg], [job])[0]
+
+
+@dataclass
+class Graph:
+    """The jobs' data, models and compiled engine, ready to train."""
+    splits: list  # each job's Splits (its seed's)
+    plan: Plan
+    models: list  # each job's Keras model
+    net: object  # runner.nets.KerasNet (one job) or StackedNet
+    train_steps: object  # k -> [Interval per job]
+    evaluate: object  # (x, y) -> [(loss, accuracy) per job]
+
+
+def build(cfgs) -> Graph:
+    """Data, models and the engine for jobs that train in one graph (the caller checked they
+    can: one job, or a model whose stack_reason is None)."""
+    first = cfgs[0]
+    splits = [data.load(cfg.dataset, cfg.seed) for cfg in cfgs]
+    plan_ = plan(first.train, len(splits[0].train.y))
+    built = build_models(cfgs, splits[0].info)
+    return assemble(cfgs, splits, plan_, built)
+
+
+def assemble(cfgs, splits, plan_: Plan, built) -> Graph:
+    first = cfgs[0]
+    net = KerasNet(built[0]) if len(cfgs) == 1 else StackedNet(built)
+    update = engine.make_update(net, cfgs, plan_.steps_per_epoch, plan_.steps)
+    train_steps = engine.make_train_steps(net, update, batch_source(cfgs, splits),
+                                          objective(first.train),
+                                          capacity=first.train.eval_every,
+                                          jit_compile=first.train.jit_compile)
+    return Graph(splits, plan_, built, net, train_steps, make_evaluate(first.train, net))
 
 
 def run_group(cfgs: Sequence, contexts: Sequence[JobContext]) -> List[float]:
-    return run_variants(cfgs, contexts)
+    """Train jobs that share dataset, model and train settings in one graph (or one job).
 
-
-def run_variants(cfgs: Sequence, contexts: Sequence[JobContext]) -> List[float]:
-    """Train jobs that share dataset, seed, model and train settings side by side.
-
-    One job trains its Keras model in runner.loop's engine; several train as one stacked
-    network (runner.stacked). Returns each job's last validation loss (inf if it diverged).
+    Returns each job's last validation loss (inf if it diverged). If the model cannot stack,
+    each job trains in its own graph, one after another, and the log says why.
     """
     watch = Stopwatch()
     started = time.perf_counter()
     first = cfgs[0]
     configure_threads(first.train)
-    splits = data.load(first.dataset, first.seed)
-    plan_ = plan(first.train, len(splits.train.y))
-    batches = ShuffledBatches(splits.train, first.train.batch_size, first.seed)
-    variants = [build_variant(cfg, splits, plan_, batches) for cfg in cfgs]
-    train_steps, evaluate, names = engine(cfgs, variants, batches)
+    splits = [data.load(cfg.dataset, cfg.seed) for cfg in cfgs]
+    plan_ = plan(first.train, len(splits[0].train.y))
+    built = build_models(cfgs, splits[0].info)
+    reason = stack_reason(built[0]) if len(cfgs) > 1 else None
+    if reason is not None:
+        log.info("%d jobs train one per graph: %s", len(cfgs), reason)
+        return [value for cfg, context in zip(cfgs, contexts)
+                for value in run_group([cfg], [context])]
+    graph = assemble(cfgs, splits, plan_, built)
     log.info("%s on %s (%d train / %d val / %d test), %s params, %d steps of batch %d%s",
-             first.model.name, splits.info.source, len(splits.train.y), len(splits.val.y),
-             len(splits.test.y), f"{variants[0].model.count_params():,}", plan_.steps,
-             first.train.batch_size, f", {len(cfgs)} jobs stacked" if len(cfgs) > 1 else "")
-    tags = {"dataset.source": splits.info.source, TAG_TASK: IMAGE.name}
+             first.model.name, splits[0].info.source, len(splits[0].train.y),
+             len(splits[0].val.y), len(splits[0].test.y), f"{built[0].count_params():,}",
+             plan_.steps, first.train.batch_size,
+             f", {len(cfgs)} jobs stacked" if len(cfgs) > 1 else "")
+    task_tags = {tags.DATASET_SOURCE: splits[0].info.source, tags.TASK: IMAGE.name}
     with ExitStack() as stack:
-        jobs = []
-        for cfg, context, variant in zip(cfgs, contexts, variants):
-            tracked = stack.enter_context(TrackedRun(cfg, context, tags))
-            tracked.log_derived({"steps": plan_.steps, "steps_per_epoch": plan_.steps_per_epoch})
-            jobs.append(Job(cfg, variant.model, names, tracked,
-                            label=f"[{tracked.name}] " if len(cfgs) > 1 else "",
-                            log=logging.getLogger(context.logger_name or steps_log.name)))
-            progress.reporter().job_started(id(tracked), tracked.name, plan_.steps)
+        jobs = open_jobs(stack, cfgs, contexts, built, graph.net.names, task_tags,
+                         {"steps": plan_.steps, "steps_per_epoch": plan_.steps_per_epoch})
         watch.add("setup", time.perf_counter() - started)
-        fit(first.train, plan_, train_steps, evaluate, jobs, splits.val, watch)
-        train_steps.finish()
+        fit(first.train, plan_, graph.train_steps, graph.evaluate, jobs, splits, watch)
+        graph.net.write_back()
         started = time.perf_counter()
-        tests = evaluate(splits.test.x, splits.test.y)
+        tests = graph.evaluate(*job_arrays(cfgs, [(s.test.x, s.test.y) for s in splits]))
         watch.add("eval", time.perf_counter() - started)
         for job, test in zip(jobs, tests):
-            finish(job, test, splits.info, watch, share=len(jobs))
+            finish(job, test, splits[0].info, watch, share=len(jobs))
     return [float("inf") if not job.alive or not job.history["val_loss"]
             else job.history["val_loss"][-1][1] for job in jobs]
 
 
-def engine(cfgs, variants: List[Variant], batches):
-    """(train_steps, evaluate(x, y) -> [(loss, acc) per job], variable names) for the jobs.
-
-    `train_steps.finish()` leaves each job's trained weights in its own Keras model.
-    """
-    train_cfg = cfgs[0].train
-    if len(variants) == 1:
-        (variant,) = variants
-        one = make_train_steps(variant, capacity=train_cfg.eval_every,
-                               jit_compile=train_cfg.jit_compile)
-
-        def train_steps(k):
-            return [one(k)]
-        train_steps.finish = lambda: None  # the Keras model trained in place
-        single = make_evaluate(train_cfg, variant.model)
-        return train_steps, lambda x, y: [single(x, y)], variant.variable_names
-    net = stacked.StackedNet([v.model for v in variants])
-    per_example = PER_EXAMPLE_LOSSES[train_cfg.loss]
-    train_steps = stacked.make_train_steps(net, cfgs, [v.lr_at for v in variants], batches,
-                                           per_example, capacity=train_cfg.eval_every,
-                                           jit_compile=train_cfg.jit_compile)
-    train_steps.finish = net.write_back
-    return train_steps, stacked.make_evaluate(net, train_cfg, per_example), net.names
-
-
-def fit(train_cfg, plan_: Plan, train_steps, evaluate, jobs: List[Job], val,
+def fit(train_cfg, plan_: Plan, train_steps, evaluate, jobs: List[Job], splits,
         watch: Stopwatch) -> None:
     """Alternate compiled training intervals and evaluations until done or every job diverged.
 
@@ -244,10 +267,12 @@ def fit(train_cfg, plan_: Plan, train_steps, evaluate, jobs: List[Job], val,
     was not applied, and the job trains no further while the others go on.
     """
     evals, step = 0, 0
+    cfgs = [job.cfg for job in jobs]
 
     def evaluate_all():
         started = time.perf_counter()
-        results = evaluate(*eval_window(val, train_cfg.eval_size, evals))
+        windows = [eval_window(s.val, train_cfg.eval_size, evals) for s in splits]
+        results = evaluate(*job_arrays(cfgs, windows))
         for job, (val_loss, val_acc) in zip(jobs, results):
             if job.alive:
                 job.history["val_loss"].append((job.step, val_loss))
@@ -262,15 +287,8 @@ def fit(train_cfg, plan_: Plan, train_steps, evaluate, jobs: List[Job], val,
         intervals = train_steps(k)
         watch.train_call(time.perf_counter() - started, k)
         for job, interval in zip(jobs, intervals):
-            if not job.alive:
-                continue
-            record_interval(job.history, job.tracked, interval, job.step, train_cfg.log_every,
-                            job.variable_names)
-            job.step += interval.applied
-            if interval.diverged:
-                job.diverged_at = job.step + 1
-                log.warning("%sdiverged at step %d (loss or gradient NaN/Inf): update not "
-                            "applied, run stopped, marked diverged", job.label, job.diverged_at)
+            if job.alive:
+                advance(job, interval, train_cfg.log_every)
         step += k
         evals += 1
         evaluate_all()
@@ -280,9 +298,9 @@ def fit(train_cfg, plan_: Plan, train_steps, evaluate, jobs: List[Job], val,
                 progress.reporter().job_step(id(job.tracked), job.step, train_loss,
                                              job.history["val_acc"][-1][1])
                 job.log.info("%sstep %*d/%d  train_loss %.4f  val_loss %.4f  val_acc %.4f  lr %.3g",
-                         job.label, len(str(plan_.steps)), job.step, plan_.steps, train_loss,
-                         job.history["val_loss"][-1][1], job.history["val_acc"][-1][1],
-                         interval.series["lr"][-1])
+                             job.label, len(str(plan_.steps)), job.step, plan_.steps, train_loss,
+                             job.history["val_loss"][-1][1], job.history["val_acc"][-1][1],
+                             interval.series["lr"][-1])
 
 
 # The report ranks configs by the mean of the last TAIL_EVALS validation losses
@@ -331,29 +349,14 @@ def finish(job: Job, test, info, watch: Stopwatch, share: int) -> None:
         job.log.info("%stest loss %.4f, test acc %.4f", job.label, *test)
     else:
         final["diverged_at_step"] = job.diverged_at
-    timings = watch.summary()
-    # Jobs trained side by side share every training call: each is charged its share of the
-    # time, and its steps per second are those of the shared calls.
-    train_seconds = timings.get("time/train", 0.0) + timings.get("time/trace", 0.0)
-    final["train_seconds"] = train_seconds / share
-    final["steps_per_second"] = job.step / max(train_seconds, 1e-9)
     val_loss = job.history["val_loss"]
     outcome = classify(not job.alive, first_val_loss=val_loss[0][1] if val_loss else None,
                        final_val_loss=val_loss[-1][1] if val_loss else None,
                        test_acc=final.get("test_acc"), num_classes=info.num_classes)
-    started = time.perf_counter()
-    job.tracked.finish(final, outcome=outcome)
-    tracking_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    log_figures(job.cfg.plots, job.history, weights, job.tracked)
-    plot_seconds = time.perf_counter() - started
-    shared = {k: v / share for k, v in timings.items()}
-    job.tracked.log_metrics({**shared, "time/tracking": tracking_seconds,
-                             "time/plots": plot_seconds}, step=0)
-    job.tracked.flush()
     summary = (f"val_loss {val_loss[-1][1]:.4f}, test_acc {final['test_acc']:.4f}"
                if job.alive else f"diverged at step {job.diverged_at}")
-    progress.reporter().job_finished(id(job.tracked), outcome, summary)
+    close_job(job, final, outcome, lambda j: log_figures(j.cfg.plots, j.history, weights, j.tracked),
+              watch, share, summary)
 
 
 def log_figures(cfg, history, weights, tracked):

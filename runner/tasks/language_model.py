@@ -1,8 +1,8 @@
 """Language model (seed 004, Zaremba et al. on PTB), top to bottom.
 
-config -> PTB ids -> LSTM LM -> schedule (per epoch) / optimizer -> epochs of engine calls over
-consecutive [batch, num_steps] windows, the LSTM state carried between windows and reset each
-epoch -> valid perplexity per epoch -> test perplexity -> MLflow. The task supplies the window
+plan -> PTB ids -> LSTM LM -> the engine (runner/engine.py: the image task's gradient path,
+N = 1) -> epochs of engine calls over consecutive [batch, num_steps] windows, the LSTM state
+carried between windows and reset each epoch -> valid perplexity per epoch -> test perplexity -> MLflow. The task supplies the window
 source, the carried state and perplexity; the engine does the rest, as for images.
 
 Objective, as the write-up's `cost = reduce_sum(loss) / batch_size`: cross-entropy summed over
@@ -14,7 +14,7 @@ objective, `train_loss` is reported per word, so perplexity = exp(train_loss).
 import logging
 import math
 import time
-from collections import defaultdict
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,15 +22,15 @@ import tensorflow as tf
 
 import models
 from models.lstm_lm import state_shapes
-from runner import optim, plots, progress, ptb
+from runner import engine, plots, progress, ptb, tags
+from runner.engine import Stopwatch, configure_threads, seed_everything
+from runner.nets import KerasNet
 from runner.outcome import classify_language_model
-from runner.loop import (Stopwatch, Variant, configure_threads, make_train_steps,
-                         record_interval, seed_everything)
-from runner.tasks import LANGUAGE_MODEL, TAG_TASK
-from runner.tracking import JobContext, TrackedRun
+from runner.tasks import LANGUAGE_MODEL
+from runner.tasks.common import advance, close_job, open_jobs
+from runner.tracking import JobContext
 
 log = logging.getLogger(__name__)
-steps_log = logging.getLogger("sweeplab.steps")  # to the job's log file, not the console
 
 PROGRESS_LINES = 10  # per epoch, like the reference's verbose run_epoch
 
@@ -71,20 +71,21 @@ class CarriedState:
 
 
 def objective(train_cfg, state: CarriedState, num_steps: int):
-    """(model, window) -> (objective, loss per word, commit: carry the new state forward)."""
-    def fn(model, batch):
+    """(net, window) -> ([1] objective, [1] loss per word, commit: carry the new state
+    forward if the update was applied)."""
+    def fn(net, batch):
         x, y = batch
-        logits, *new_states = model([x, *[tf.convert_to_tensor(s) for s in state.variables]],
-                                    training=True)
+        logits, *new_states = net([x, *[tf.convert_to_tensor(s) for s in state.variables]],
+                                  training=True)
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
         # Zaremba: per-row sum over the window, mean over the batch; else the mean per word.
         rows = tf.cast(tf.shape(x)[0], tf.float32)
         scale = 1.0 / rows if train_cfg.loss_reduction == "sum" else 1.0 / (rows * num_steps)
 
-        def commit():
+        def commit(applied):
             for variable, new in zip(state.variables, new_states):
-                variable.assign(new)
-        return tf.reduce_sum(losses) * scale, tf.reduce_mean(losses), commit
+                variable.assign(tf.where(applied[0], new, variable))
+        return (tf.reduce_sum(losses) * scale)[None], tf.reduce_mean(losses)[None], commit
     return fn
 
 
@@ -114,25 +115,38 @@ def perplexity(mean_loss: float) -> float:
     return math.exp(mean_loss) if mean_loss < 700 else float("inf")
 
 
+def plan(cfg, epoch_size: int) -> Plan:
+    return Plan(steps=cfg.train.epochs * epoch_size if cfg.train.epochs else cfg.train.steps,
+                epoch_size=epoch_size)
+
+
 def run(cfg, job: JobContext) -> float:
     """Train, evaluate and track one LM configuration; return the last valid perplexity."""
+    return run_group([cfg], [job])[0]
+
+
+def run_group(cfgs, contexts):
+    """The language model trains one job per graph (runner.tasks.supports says why)."""
+    return [_run_one(cfg, context) for cfg, context in zip(cfgs, contexts)]
+
+
+def _run_one(cfg, context: JobContext) -> float:
+    """plan -> build -> fit (epochs of engine calls) -> test -> finish, for one job."""
     watch, started = Stopwatch(), time.perf_counter()
     configure_threads(cfg.train)
-    seed_everything(cfg.seed)
     corpus = ptb.load(cfg.dataset, cfg.model.vocab_size)
     batch, num_steps = cfg.train.batch_size, cfg.model.num_steps
     windows = Windows(*ptb.batches(corpus.train, batch, num_steps))
-    epoch_size = int(windows.x.shape[0])
-    plan = Plan(steps=cfg.train.epochs * epoch_size if cfg.train.epochs else cfg.train.steps,
-                epoch_size=epoch_size)
+    plan_ = plan(cfg, int(windows.x.shape[0]))
+    seed_everything(cfg.seed)
     model = models.build(cfg.model, corpus.info)
     state = CarriedState(cfg.model, batch)
-    lr_at = optim.schedule(cfg.lr_schedule, cfg.optimizer.lr, epoch_size, plan.steps)
-    variant = Variant(model=model, optimizer=optim.optimizer(cfg.optimizer, lr_at), lr_at=lr_at,
-                      clipping=cfg.clipping, regularizer=cfg.regularizer, batches=windows,
-                      objective=objective(cfg.train, state, num_steps))
-    train_steps = make_train_steps(variant, capacity=cfg.train.eval_every,
-                                   jit_compile=cfg.train.jit_compile)
+    net = KerasNet(model)
+    update = engine.make_update(net, [cfg], steps_per_epoch=plan_.epoch_size, steps=plan_.steps)
+    train_steps = engine.make_train_steps(net, update, windows,
+                                          objective(cfg.train, state, num_steps),
+                                          capacity=cfg.train.eval_every,
+                                          jit_compile=cfg.train.jit_compile)
     # Valid as the reference's mvalid (the training batch); test with train.eval_batch_size
     # streams (the reference: 1, one unbroken pass over the test text).
     valid = make_perplexity(model, cfg.model, corpus.valid, batch)
@@ -140,65 +154,57 @@ def run(cfg, job: JobContext) -> float:
     log.info("%s on %s: %d / %d / %d words, vocab %d, %s params, %d steps of [%d x %d] "
              "(%d per epoch)", model.name, corpus.info.source, len(corpus.train),
              len(corpus.valid), len(corpus.test), corpus.info.vocab_size,
-             f"{model.count_params():,}", plan.steps, batch, num_steps, epoch_size)
-
-    tags = {"dataset.source": corpus.info.source, TAG_TASK: LANGUAGE_MODEL.name}
-    with TrackedRun(cfg, job, tags) as tracked:
-        tracked.log_derived({"steps": plan.steps, "steps_per_epoch": plan.epoch_size})
-        progress.reporter().job_started(id(tracked), tracked.name, plan.steps)
+             f"{model.count_params():,}", plan_.steps, batch, num_steps, plan_.epoch_size)
+    task_tags = {tags.DATASET_SOURCE: corpus.info.source, tags.TASK: LANGUAGE_MODEL.name}
+    with ExitStack() as stack:
+        (job,) = open_jobs(stack, [cfg], [context], [model], net.names, task_tags,
+                           {"steps": plan_.steps, "steps_per_epoch": plan_.epoch_size})
         watch.add("setup", time.perf_counter() - started)
-        history, steps, diverged_at = fit(cfg, plan, train_steps, variant, (windows, state),
-                                          valid, tracked, watch)
-        final = {}
-        started = time.perf_counter()
-        if diverged_at is None:
-            final["test_perplexity"] = test()
-            log.info("test perplexity %.2f", final["test_perplexity"])
-        else:
-            final["diverged_at_step"] = diverged_at
-        watch.add("eval", time.perf_counter() - started)
-        timings = watch.summary()
-        final["train_seconds"] = timings.get("time/train", 0.0) + timings.get("time/trace", 0.0)
-        final["steps_per_second"] = steps / max(final["train_seconds"], 1e-9)
-        started = time.perf_counter()
-        valid_ppl = history["valid_perplexity"]
-        outcome = classify_language_model(diverged_at is not None,
-                                          valid_ppl[-1][1] if valid_ppl else None,
-                                          corpus.info.vocab_size)
-        tracked.finish(final, outcome=outcome)
-        tracking_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        tracked.log_figure(plots.perplexity_curves(history, final.get("test_perplexity")),
-                           "perplexity.png", plots.PNG)
-        tracked.log_figure(plots.grad_norms(history), "grad_norms.png", plots.PNG)
-        if history["var_norms"]:
-            tracked.log_figure(plots.grad_norms_per_variable(history),
-                               "grad_norms_per_variable.png", plots.PNG)
-        tracked.log_metrics({**timings, "time/tracking": tracking_seconds,
-                             "time/plots": time.perf_counter() - started}, step=0)
-        progress.reporter().job_finished(
-            id(tracked), outcome, f"test perplexity {final['test_perplexity']:.2f}"
-            if diverged_at is None else f"diverged at step {diverged_at}")
-    valid_ppl = history["valid_perplexity"]
-    return float("inf") if diverged_at is not None or not valid_ppl else valid_ppl[-1][1]
+        fit(cfg, plan_, train_steps, (windows, state), valid, job, watch)
+        finish(job, test, corpus.info.vocab_size, watch)
+    valid_ppl = job.history["valid_perplexity"]
+    return float("inf") if not job.alive or not valid_ppl else valid_ppl[-1][1]
 
 
-def run_group(cfgs, contexts):
-    """The language model trains one job per graph (runner.tasks.supports says why)."""
-    return [run(cfg, context) for cfg, context in zip(cfgs, contexts)]
+def finish(job, test, vocab_size: int, watch) -> None:
+    """Test perplexity (if it did not diverge), outcome, figures: what ends the run."""
+    final = {}
+    started = time.perf_counter()
+    if job.alive:
+        final["test_perplexity"] = test()
+        log.info("test perplexity %.2f", final["test_perplexity"])
+    else:
+        final["diverged_at_step"] = job.diverged_at
+    watch.add("eval", time.perf_counter() - started)
+    valid_ppl = job.history["valid_perplexity"]
+    outcome = classify_language_model(not job.alive, valid_ppl[-1][1] if valid_ppl else None,
+                                      vocab_size)
+    summary = (f"test perplexity {final['test_perplexity']:.2f}" if job.alive
+               else f"diverged at step {job.diverged_at}")
+    close_job(job, final, outcome, lambda j: log_figures(j.history, final, j.tracked), watch,
+              share=1, summary=summary)
 
 
-def fit(cfg, plan: Plan, train_steps, variant, resettable, valid, tracked, watch):
+def log_figures(history, final, tracked) -> None:
+    tracked.log_figure(plots.perplexity_curves(history, final.get("test_perplexity")),
+                       "perplexity.png", plots.PNG)
+    tracked.log_figure(plots.grad_norms(history), "grad_norms.png", plots.PNG)
+    if history["var_norms"]:
+        tracked.log_figure(plots.grad_norms_per_variable(history), "grad_norms_per_variable.png",
+                           plots.PNG)
+
+
+def fit(cfg, plan: Plan, train_steps, resettable, valid, job, watch) -> None:
     """Epochs of engine calls, a validation pass after each; stop at the first NaN/Inf step.
 
-    Returns (history, updates applied, diverged_at or None). History: per-step series by step,
-    train/valid perplexity and words_per_second by epoch (1-based).
+    History: per-step series by step, train/valid perplexity and words_per_second by epoch
+    (1-based).
     """
-    history = defaultdict(list)
+    history = job.history
     batch_words = cfg.train.batch_size * cfg.model.num_steps
-    step, epoch, diverged_at = 0, 0, None
+    step, epoch = 0, 0
     epochs = -(-plan.steps // plan.epoch_size)
-    while step < plan.steps and diverged_at is None:
+    while step < plan.steps and job.alive:
         epoch += 1
         for part in resettable:  # the reference starts every epoch from the zero state
             part.reset()
@@ -209,25 +215,21 @@ def fit(cfg, plan: Plan, train_steps, variant, resettable, valid, tracked, watch
         while done_in_epoch < in_epoch:
             k = min(cfg.train.eval_every, in_epoch - done_in_epoch)
             started = time.perf_counter()
-            interval = train_steps(k)
+            (interval,) = train_steps(k)
             seconds = time.perf_counter() - started
             epoch_seconds += seconds
             watch.train_call(seconds, k)
-            record_interval(history, tracked, interval, step, cfg.train.log_every,
-                            variant.variable_names)
+            advance(job, interval, cfg.train.log_every)
             losses.extend(interval.series["train_loss"].tolist())
             step, done_in_epoch = step + interval.applied, done_in_epoch + interval.applied
-            if interval.diverged:
-                diverged_at = step + 1
-                log.warning("diverged at step %d (loss or gradient NaN/Inf): update not "
-                            "applied, run stopped, marked diverged", diverged_at)
+            if not job.alive:
                 break
             if next_report <= done_in_epoch < in_epoch:
                 next_report = (done_in_epoch // report_every + 1) * report_every
-                steps_log.info("epoch %d  %.2f  train ppl %.2f  %.0f wps", epoch,
-                         done_in_epoch / plan.epoch_size, perplexity(float(np.mean(losses))),
-                         done_in_epoch * batch_words / max(epoch_seconds, 1e-9))
-        if diverged_at is not None:
+                job.log.info("epoch %d  %.2f  train ppl %.2f  %.0f wps", epoch,
+                             done_in_epoch / plan.epoch_size, perplexity(float(np.mean(losses))),
+                             done_in_epoch * batch_words / max(epoch_seconds, 1e-9))
+        if not job.alive:
             break
         started = time.perf_counter()
         metrics = {"train_perplexity": perplexity(float(np.mean(losses))),
@@ -236,12 +238,11 @@ def fit(cfg, plan: Plan, train_steps, variant, resettable, valid, tracked, watch
         watch.add("eval", time.perf_counter() - started)
         for name, value in metrics.items():
             history[name].append((epoch, value))
-        tracked.log_metrics(metrics, epoch)
-        progress.reporter().job_step(id(tracked), step, float(np.mean(losses)),
+        job.tracked.log_metrics(metrics, epoch)
+        progress.reporter().job_step(id(job.tracked), step, float(np.mean(losses)),
                                      float("nan"))
-        steps_log.info("epoch %*d/%d  train ppl %.2f  valid ppl %.2f  lr %.4g  %.0f wps",
-                 len(str(epochs)), epoch, epochs, metrics["train_perplexity"],
-                 metrics["valid_perplexity"], interval.series["lr"][-1],
-                 metrics["words_per_second"])
-    tracked.flush()
-    return history, step, diverged_at
+        job.log.info("epoch %*d/%d  train ppl %.2f  valid ppl %.2f  lr %.4g  %.0f wps",
+                     len(str(epochs)), epoch, epochs, metrics["train_perplexity"],
+                     metrics["valid_perplexity"], interval.series["lr"][-1],
+                     metrics["words_per_second"])
+    job.tracked.flush()

@@ -1,13 +1,14 @@
-"""The engine (runner/loop.py): the divergence guard, several variants in one compiled call,
-and `diverged_at_step` independent of how often the task evaluates."""
+"""The engine (runner/engine.py): the divergence guard, the per-step series, and
+`diverged_at_step` independent of how often the task evaluates."""
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from conftest import compose_cfg, runs_of
-from runner import optim
-from runner.loop import Variant, make_train_steps, seed_everything
+from runner import engine
+from runner.engine import seed_everything
+from runner.nets import KerasNet
 from runner.tasks import image
 from runner.tracking import JobContext
 
@@ -22,52 +23,58 @@ class FixedBatch:
         return self.x, tf.zeros((1,), tf.int32)
 
 
-def sqrt_objective(model, batch):
+def sqrt_objective(net, batch):
     # sqrt(w * x) at w = 0: the loss is a finite 0, its gradient +inf.
     x, _ = batch
-    loss = tf.reduce_sum(tf.sqrt(model(x)))
-    return loss, loss, tf.no_op
+    loss = tf.reduce_sum(tf.sqrt(net(x)), axis=[1, 2])
+    return loss, loss, lambda applied: None
 
 
-def square_objective(model, batch):
+def square_objective(net, batch):
     x, _ = batch
-    loss = tf.reduce_sum(tf.square(model(x) - 1.0))
-    return loss, loss, tf.no_op
+    loss = tf.reduce_sum(tf.square(net(x) - 1.0), axis=[1, 2])
+    return loss, loss, lambda applied: None
 
 
 def scalar_model(initial):
-    model = keras.Sequential([keras.Input((1,)),
-                              keras.layers.Dense(1, use_bias=False,
-                                                 kernel_initializer=keras.initializers.Constant(
-                                                     initial))])
-    return model
+    return keras.Sequential([keras.Input((1,)),
+                             keras.layers.Dense(1, use_bias=False,
+                                                kernel_initializer=keras.initializers.Constant(
+                                                    initial))])
 
 
-def variant(model, objective, batches, lr=0.1):
+def train_steps(model, objective, batches, capacity, lr=0.1):
     cfg = compose_cfg("optimizer=sgd", f"optimizer.lr={lr}")
-    lr_at = optim.schedule(cfg.lr_schedule, lr, 1, 100)
-    return Variant(model, optim.optimizer(cfg.optimizer, lr_at), lr_at, cfg.clipping,
-                   cfg.regularizer, batches, objective)
+    net = KerasNet(model)
+    update = engine.make_update(net, [cfg], steps_per_epoch=1, steps=100)
+    return engine.make_train_steps(net, update, batches, objective, capacity=capacity)
 
 
 def test_an_update_with_a_finite_loss_but_an_inf_gradient_is_not_applied():
     model = scalar_model(0.0)
-    interval = make_train_steps(variant(model, sqrt_objective, FixedBatch([[1.0]])),
-                                capacity=5)(5)
+    (interval,) = train_steps(model, sqrt_objective, FixedBatch([[1.0]]), 5)(5)
     assert interval.diverged and interval.applied == 0
     assert float(model.trainable_variables[0].numpy().item()) == 0.0  # the weight never moved
 
 
 def test_a_finite_run_trains_every_step_and_reports_each():
     model = scalar_model(0.0)
-    interval = make_train_steps(variant(model, square_objective, FixedBatch([[1.0]])),
-                                capacity=10)(10)
+    (interval,) = train_steps(model, square_objective, FixedBatch([[1.0]]), 10)(10)
     assert not interval.diverged and interval.applied == 10
     # SGD on (w - 1)^2 from 0 with lr 0.1: w_k = 1 - 0.8^k, loss before step k (1 - w)^2.
     assert float(model.trainable_variables[0].numpy().item()) == pytest.approx(1 - 0.8 ** 10,
                                                                                1e-5)
     np.testing.assert_allclose(interval.series["train_loss"], 0.64 ** np.arange(10), rtol=1e-5)
     assert interval.var_norms.shape == (10, 1)
+
+
+def test_a_diverged_job_stops_the_call_and_trains_no_further():
+    model = scalar_model(0.0)
+    steps = train_steps(model, sqrt_objective, FixedBatch([[1.0]]), 5)
+    (first,) = steps(5)
+    (second,) = steps(5)
+    assert first.diverged and not second.diverged  # diverged once, at its first bad step
+    assert second.applied == 0 and float(model.trainable_variables[0].numpy().item()) == 0.0
 
 
 def diverged_at(tmp_path, eval_every):

@@ -1,0 +1,149 @@
+"""runner/outbox.py and TrackedRun on a really full disk (a small tmpfs, filled), and journals
+with a damaged line. Real sqlite stores, real threads; no mocks."""
+import json
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import compose_cfg
+from runner import outbox, store, tags
+from runner.tracking import JobContext, TrackedRun, WritesLost
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A folder on an 8 MB tmpfs; `fill()` then takes every byte left. Needs root (mount)."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill ({mounted.stderr.strip()}): needs root")
+
+    def fill():
+        with open(folder / "filler", "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * (1 << 16))
+                    f.flush()
+            except OSError:
+                pass
+        os.sync()
+
+    yield folder, fill
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def thread_errors():
+    """Exceptions that escaped any thread during the test (the outbox's must not)."""
+    seen, before = [], threading.excepthook
+    threading.excepthook = lambda args: seen.append(args.exc_value)
+    yield seen
+    threading.excepthook = before
+
+
+def _run(uri):
+    client = store.open_client(uri)
+    exp_id = store.ensure_experiment(client, "sweeplab", None)
+    return client, client.create_run(exp_id).info.run_id
+
+
+def test_store_and_journal_on_a_full_disk_one_line_no_crash(full_disk, thread_errors, capsys):
+    folder, fill = full_disk
+    client, run_id = _run(f"sqlite:///{folder}/mlflow.db")
+    fill()
+    header = {"tracking_uri": f"sqlite:///{folder}/mlflow.db", "run_name": "lr=0.1"}
+    started = time.monotonic()
+    box = outbox.Outbox(client, run_id, str(folder / "job"), header)
+    box.put({"op": "log_batch", "metrics": [["loss", float(i), 0, i] for i in range(500)]})
+    box.put({"op": "log_batch", "tags": [[tags.OUTCOME, tags.OUTCOME_OK]]})
+    box.put({"op": "set_terminated", "status": "FINISHED", "end_time": 0})
+    assert box.close() is None  # no journal could be written
+    assert time.monotonic() - started < outbox.give_up_seconds()  # a full disk is not waited out
+    assert not box.thread.is_alive() and thread_errors == []
+    assert box.dropped == 3 and store.is_disk_full(box.lost)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("sweeplab: error: run lr=0.1: mlflow.tracking_uri ")
+    assert "No space left on device" in lines[0] and "they are lost" in lines[0]
+    assert not list((folder / "job").glob("mlflow_pending*"))  # no journal without a header
+
+
+def test_a_run_whose_writes_were_lost_fails_its_job(full_disk, tmp_path, thread_errors, capsys):
+    folder, fill = full_disk
+    cfg = compose_cfg("model=mlp", f"mlflow.tracking_uri=sqlite:///{folder}/mlflow.db")
+    store.open_client(f"sqlite:///{folder}/mlflow.db")  # the store exists, then the disk fills
+    fill()
+    with pytest.raises(WritesLost, match=r"reached neither the store nor the journal"):
+        with TrackedRun(cfg, JobContext(output_dir=str(folder / "job")), {}) as run:
+            run.log_metrics({"loss": 1.0}, step=1)
+            run.finish({"test_acc": 0.5}, tags.OUTCOME_OK)
+    assert thread_errors == []
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith("sweeplab:")]
+    assert len(errors) == 1 and "No space left on device" in errors[0], errors
+
+
+def test_a_full_output_disk_closes_the_run_failed_in_a_store_elsewhere(full_disk, tmp_path):
+    """The job's folder is full, the store is not: its run is closed FAILED with the reason."""
+    folder, fill = full_disk
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = compose_cfg("model=mlp", f"mlflow.tracking_uri={uri}")
+    fill()
+    with pytest.raises(OSError):
+        with TrackedRun(cfg, JobContext(output_dir=str(folder)), {}) as run:
+            run.log_metrics({"loss": 1.0}, step=1)
+            (folder / "checkpoint").write_bytes(b"\0" * (1 << 20))  # what a job writes
+    client = MlflowClient(tracking_uri=uri)
+    closed = client.get_run(run.run_id)
+    assert closed.info.status == "FAILED"
+    assert closed.data.tags[tags.OUTCOME] == tags.OUTCOME_ERROR
+    assert "No space left on device" in closed.data.tags[tags.ERROR]
+    assert [m.value for m in client.get_metric_history(run.run_id, "loss")] == [1.0]
+
+
+# ---------------------------------------------------------------- journals
+
+def _journal(folder, uri, lines):
+    path = folder / "mlflow_pending.jsonl"
+    header = {"tracking_uri": uri, "experiment_name": "sweeplab", "artifact_location": None,
+              "run_name": "lr=0.1", "run_id": None}
+    create = {"op": "create_run", "experiment_name": "sweeplab", "artifact_location": None,
+              "run_name": "lr=0.1", "tags": {tags.OUTCOME: tags.OUTCOME_RUNNING},
+              "start_time": 1000}
+    path.write_text("\n".join([json.dumps(header), json.dumps(create), *lines]) + "\n")
+    return path
+
+
+def _metric(step):
+    return json.dumps({"op": "log_batch", "metrics": [["loss", 1.0 / step, 1000, step]]})
+
+
+def test_a_garbage_line_in_a_journal_is_named_and_the_rest_uploaded(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    path = _journal(tmp_path, uri, [_metric(1), "{not json at all", '{"op": "rm -rf"}', "42",
+                                    _metric(2), json.dumps({"op": "set_terminated",
+                                                            "status": "FINISHED",
+                                                            "end_time": 2000})])
+    run_id, applied = outbox.replay(str(path))
+    assert applied == 4  # create, two metrics, close
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"sweeplab: warning: {path} line {n}: not a write sweeplab saves; left out, "
+                     f"the other lines are uploaded" for n in (4, 5, 6)]
+    client = MlflowClient(tracking_uri=uri)
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2]
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_last_line_cut_short_is_named_as_such(tmp_path, capsys):
+    path = _journal(tmp_path, f"sqlite:///{tmp_path}/mlflow.db", [_metric(1), '{"op": "log_b'])
+    header, ops = outbox.read_journal(str(path))
+    assert [op["op"] for op in ops] == ["create_run", "log_batch"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"sweeplab: warning: {path} line 4: cut short: its process died while writing it; left "
+        f"out, the other lines are uploaded"]
