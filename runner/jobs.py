@@ -252,7 +252,7 @@ def close_lost(job: Job, why: str) -> str:
                     [experiment_id(client, job.cfg.mlflow, uri)], query, max_results=100)
                 if resume.process_gone(run.data.tags.get(resume.PROCESS, ""))]
         for run in left:
-            resume.mark_lost(client, run.info.run_id, f"lost: {why} on {socket.gethostname()}")
+            store.close_lost(client, run.info.run_id, f"lost: {why} on {socket.gethostname()}")
         if left:
             return "run " + ", ".join(run.info.run_id for run in left)
         run_id = record_failure(job.cfg, job.context, RuntimeError(f"lost: {why}"))

@@ -30,7 +30,6 @@ if TYPE_CHECKING:  # MLflow loads when a store is opened, not when `--help` impo
 
 # "host:pid:start": the process that writes a run. Belongs in runner/tags.py (another
 # engineer is moving every tag name there right now).
-PROCESS = "sweeplab.process"
 SWEEP_FILE = "sweeplab.json"  # in the sweep dir: what `sweeplab resume <dir>` needs
 
 
@@ -67,22 +66,15 @@ def process_gone(value: str) -> bool:
     return bool(start) and _start_time(int(pid)) != start
 
 
-def mark_lost(client: MlflowClient, run_id: str, why: str) -> None:
-    """Close a run whose process died: FAILED, `outcome=lost`, why in `sweeplab.error`."""
-    client.set_tag(run_id, tags.OUTCOME, "lost")
-    client.set_tag(run_id, tags.ERROR, why)
-    client.set_terminated(run_id, "FAILED")
-
-
 def close_dead_runs(client: MlflowClient, experiment_ids: Iterable[str]) -> List[str]:
     """Close RUNNING runs whose process on this host is gone (see `process_gone`)."""
     closed = []
     for run in client.search_runs(list(experiment_ids), "attributes.status = 'RUNNING'",
                                   max_results=5000):
-        value = run.data.tags.get(PROCESS)
+        value = run.data.tags.get(tags.PROCESS)
         if value and process_gone(value):
             pid = value.split(":")[1]
-            mark_lost(client, run.info.run_id,
+            store.close_lost(client, run.info.run_id,
                       f"lost: its process {pid} on {socket.gethostname()} ended without "
                       f"closing the run (SIGKILL, out of memory)")
             closed.append(run.info.run_id)
@@ -115,7 +107,7 @@ def reopen_parent(client: MlflowClient, parent) -> str:
     run_id = parent.info.run_id
     client.update_run(run_id, status="RUNNING")
     store.beat(client, run_id)
-    client.set_tag(run_id, PROCESS, this_process())
+    client.set_tag(run_id, tags.PROCESS, this_process())
     client.set_tag(run_id, tags.RESUMES, str(int(parent.data.tags.get(tags.RESUMES, "0")) + 1))
     sweep_dir = parent.data.tags[tags.SWEEP_DIR]
     print(f"sweeplab: resuming sweep run {run_id} ({parent.info.status}: "
@@ -226,7 +218,7 @@ def resume_overrides(argv: List[str]) -> Tuple[Optional[List[str]], int]:
     if status == "RUNNING":
         beat = parent.data.tags.get(tags.HEARTBEAT, "0")
         print(f"sweeplab: error: resume: sweep run {parent.info.run_id} is still running "
-              f"(process {parent.data.tags.get(PROCESS, '?')}, heartbeat "
+              f"(process {parent.data.tags.get(tags.PROCESS, '?')}, heartbeat "
               f"{time.time() - float(beat):.0f} s ago); stop it first", file=sys.stderr)
         return None, 2
     task = [o for o in saved["task_overrides"] if not o.startswith("mlflow.tracking_uri=")]
