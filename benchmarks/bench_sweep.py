@@ -48,7 +48,7 @@ WORKLOADS = {  # name -> (overrides, jobs, launchers it runs on by default)
              ("stacked",)),
 }
 LAUNCHERS = {
-    "basic": [],
+    "basic": ["hydra/launcher=basic"],  # stacked is the default for -m
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
     "stacked": ["hydra/launcher=stacked"],
 }

@@ -15,7 +15,8 @@ PRESETS, LAUNCHERS = "experiment", "hydra/launcher"
 MAX_SUMMARY = 80  # characters: the help's lines stay within 100 columns
 RESOLVER = "sweeplab_groups"
 # Launchers that come from installed Hydra plugins, not from a YAML file under conf/.
-PLUGIN_LAUNCHERS = {"basic": "Jobs one after another in this process (Hydra's default).",
+PLUGIN_LAUNCHERS = {"stacked": "Jobs that share a graph train side by side (the default).",
+                    "basic": "Jobs one after another in this process (Hydra's default).",
                     "joblib": "Jobs in parallel processes here (hydra.launcher.n_jobs=2)."}
 
 

@@ -495,16 +495,23 @@ def mark_lost_runs(client: "MlflowClient", experiment_ids: Iterable[str],
         if beat is None or now - float(beat) <= lost_after:
             continue
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(beat)))
-        client.set_tag(run.info.run_id, tags.OUTCOME, tags.OUTCOME_LOST)
-        client.set_tag(run.info.run_id, tags.ERROR,
-                       f"{tags.LOST_ERROR_PREFIX} no heartbeat since {when}; its process died "
-                       f"without closing the run (SIGKILL, out of memory, lost machine)")
-        client.set_terminated(run.info.run_id, "FAILED", end_time=int(float(beat) * 1000))
+        close_lost(client, run.info.run_id,
+                   f"{tags.LOST_ERROR_PREFIX} no heartbeat since {when}; its process died "
+                   f"without closing the run (SIGKILL, out of memory, lost machine)",
+                   end_time=int(float(beat) * 1000))
         lost.append(run.info.run_id)
     if lost:
         log.warning("Marked %d run(s) FAILED (outcome=lost): no heartbeat for over %.0f s: %s",
                     len(lost), lost_after, ", ".join(lost))
     return lost
+
+
+def close_lost(client: "MlflowClient", run_id: str, why: str,
+               end_time: Optional[int] = None) -> None:
+    """Close a run whose process died: FAILED, `outcome=lost`, why in `sweeplab.error`."""
+    client.set_tag(run_id, tags.OUTCOME, tags.OUTCOME_LOST)
+    client.set_tag(run_id, tags.ERROR, why)
+    client.set_terminated(run_id, "FAILED", end_time=end_time)
 
 
 def beat(client: "MlflowClient", run_id: str) -> None:

@@ -1,17 +1,18 @@
-"""The sweep: its MLflow parent run, what every job needs to find it, resume, and the end.
+"""The sweep: its MLflow parent run, what every job needs to find it, and the end.
 
 A Hydra callback creates the parent run before any job starts and ships its id with every
-job through Hydra's own job config (`hydra.job.env_set`, which every launcher — basic, joblib,
-Ray, submitit — composes into each job's config and applies in the process that runs it), so a
-job on a remote worker finds its parent without inheriting the launcher's environment or
-searching tags. The sweep dir is made absolute the same way, so a worker whose working
-directory differs still writes under the sweep dir the user named.
+job through Hydra's own job config (`hydra.job.env_set`, which every launcher — stacked, basic,
+joblib, Ray, submitit — composes into each job's config and applies in the process that runs
+it), so a job on a remote worker finds its parent without inheriting the launcher's
+environment or searching tags. The sweep dir is made absolute the same way, so a worker whose
+working directory differs still writes under the sweep dir the user named; a sweep dir the
+user did not name is claimed (created) by one sweep only: two sweeps started in the same
+second get two folders.
 
-Resume: the parent carries a key of the command line's overrides (`sweeplab.sweep_key`). A
-multirun whose newest sweep with the same key (in the same experiment and store; in the same
+Resume (runner/resume.py): a multirun whose newest sweep with the same overrides (in the same
 sweep dir if `hydra.sweep.dir` is given) did not end FINISHED reopens that parent and its sweep
-dir; each job whose config (`sweeplab.config_hash`) already has a FINISHED run under it is
-skipped. `sweeplab resume <sweep dir | parent run id>` does the same from the saved command.
+dir; its jobs already FINISHED are skipped. The same command in the sweep dir of a FINISHED
+sweep runs nothing: every job is done there.
 
 The end: the parent is FINISHED, FAILED if a job failed, KILLED if the sweep was stopped by a
 signal, with a summary of what finished; the process exits 0, 1 (a job failed), 2 (a config
@@ -20,8 +21,10 @@ was rejected) or 128 + signal.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -29,12 +32,11 @@ from collections import Counter
 from typing import TYPE_CHECKING, Dict, List, Optional
 
 from hydra.core.hydra_config import HydraConfig
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import open_dict, read_write
 
-from runner import codeversion, progress, signals, store, tags
+from runner import codeversion, progress, resume, signals, store, tags
 from runner.config import ConfigError
 from runner.outbox import one_line
 from runner.tasks import spec_for
@@ -51,7 +53,6 @@ ENV_SWEEP_OVERRIDES = "SWEEPLAB_SWEEP_OVERRIDES"  # JSON list: the overrides eve
 ENV_TRACKING_URI = "SWEEPLAB_TRACKING_URI"  # the sweep's store, absolute
 # Left in a job's output folder when its config was rejected; the sweep counts them at the end.
 CONFIG_ERROR_MARKER = "CONFIG_ERROR"
-SWEEP_FILE = "sweeplab.json"  # in the sweep dir: what `sweeplab resume <dir>` needs
 PENDING_CLOSE = "sweep_pending_close.json"  # in the sweep dir: a parent left to close by sync
 # Launchers that run jobs in worker processes they spawn on this machine (see signals.py).
 LOCAL_POOL_LAUNCHERS = ("JoblibLauncher", "StackedLauncher")
@@ -89,22 +90,34 @@ def given_sweep_dir(config) -> Optional[str]:
     return None
 
 
-def find_resumable(client: MlflowClient, exp_id: str, key: str,
-                   sweep_dir: Optional[str] = None):
-    """The newest sweep with this key (in `sweep_dir` if given), if it did not end FINISHED.
+def claim_sweep_dir(path: str) -> str:
+    """`path`, or `path-2`, `path-3`...: the first that this sweep creates itself. Two sweeps
+    started in the same second would otherwise share one timestamped folder and mix their
+    job logs; `mkdir` either creates the folder or fails, so only one sweep gets each."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for n in itertools.count(1):
+        candidate = path if n == 1 else f"{path}-{n}"
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            continue
 
-    RUNNING parents are skipped: lost ones were closed just before, so those left are alive
-    (another launcher runs them).
-    """
-    query = f"tags.`{tags.ROLE}` = '{tags.ROLE_SWEEP}' and tags.`{tags.SWEEP_KEY}` = '{key}'"
-    for run in client.search_runs([exp_id], query, order_by=["attributes.start_time DESC"],
-                                  max_results=200):
-        if run.info.status == "RUNNING":
-            continue
-        if sweep_dir and run.data.tags.get(tags.SWEEP_DIR) != sweep_dir:
-            continue
-        return None if run.info.status == "FINISHED" else run
-    return None
+
+def finished_there(client: MlflowClient, parent, given: Optional[str], jobs: Optional[int]):
+    """The newest sweep of this command ended FINISHED. In the sweep dir the command names, a
+    finished job is not run again: with every job done, say so and exit 0 (no job folder or
+    log is touched); with some new (a preset's sweep grew), reopen it for those. None: start
+    a new sweep (no dir named: a new timestamped one)."""
+    if not given:
+        return None
+    done = resume.finished_count(client, parent.info.run_id)
+    if jobs is None or done >= jobs:
+        print(f"sweeplab: all {done} jobs of sweep run {parent.info.run_id} in {given} are "
+              f"already finished: nothing to run (another hydra.sweep.dir runs them afresh)",
+              flush=True)
+        sys.exit(0)
+    return parent
 
 
 def fail(message: str) -> None:
@@ -121,23 +134,9 @@ def create_parent(client: MlflowClient, exp_id: str, overrides: List[str],
         tags={tags.SWEEP_DIR: sweep_dir, tags.ROLE: tags.ROLE_SWEEP,
               tags.SWEEP_KEY: sweep_key(overrides),
               tags.OVERRIDES: store.redact(" ".join(overrides)),
-              tags.HEARTBEAT: str(int(time.time())), **codeversion.version_tags()})
+              tags.HEARTBEAT: str(int(time.time())), resume.PROCESS: resume.this_process(),
+              **codeversion.version_tags()})
     return parent.info.run_id
-
-
-def reopen_parent(client: MlflowClient, parent) -> str:
-    """Reopen an unfinished sweep's parent run; returns its sweep dir."""
-    run_id = parent.info.run_id
-    client.update_run(run_id, status="RUNNING")
-    store.beat(client, run_id)
-    resumes = int(parent.data.tags.get(tags.RESUMES, "0")) + 1
-    client.set_tag(run_id, tags.RESUMES, str(resumes))
-    sweep_dir = parent.data.tags[tags.SWEEP_DIR]
-    print(f"sweeplab: resuming sweep run {run_id} ({parent.info.status}: "
-          f"{parent.data.tags.get(tags.SUMMARY, 'no summary')}) in {sweep_dir}; jobs already "
-          f"FINISHED there are skipped", flush=True)
-    codeversion.note_resume(client, parent)
-    return sweep_dir
 
 
 class OpenSweep:
@@ -188,12 +187,16 @@ class SweepCallback(Callback):
             store.check_store(config.mlflow)
             client = store.open_client(uri)
             exp_id = experiment_id(client, config.mlflow, uri)
+            resume.close_dead_runs(client, [exp_id])  # a launcher SIGKILLed: resumable at once
             store.mark_lost_runs(client, [exp_id])
-            parent = find_resumable(client, exp_id, sweep_key(overrides), given_sweep_dir(config))
+            given = given_sweep_dir(config)
+            parent = resume.newest_sweep(client, exp_id, sweep_key(overrides), given)
+            if parent is not None and parent.info.status == "FINISHED":
+                parent = finished_there(client, parent, given, count_jobs(config, distinct=True))
             if parent is not None:
-                parent_id, sweep_dir = parent.info.run_id, reopen_parent(client, parent)
+                parent_id, sweep_dir = parent.info.run_id, resume.reopen_parent(client, parent)
             else:
-                sweep_dir = os.path.abspath(config.hydra.sweep.dir)
+                sweep_dir = given or claim_sweep_dir(os.path.abspath(config.hydra.sweep.dir))
                 parent_id = create_parent(client, exp_id, overrides, sweep_dir)
         except ConfigError as err:
             fail(str(err))
@@ -205,7 +208,7 @@ class SweepCallback(Callback):
         _open_sweep = OpenSweep(client, uri, parent_id, sweep_dir,
                                 config.report.metric or spec_for(config.model).ranking)
         clear_rejections(sweep_dir)
-        save_sweep_file(sweep_dir, {
+        resume.save_sweep_file(sweep_dir, {
             # Redacted: `sweeplab resume` takes the password from the environment again.
             "parent_run_id": parent_id, "tracking_uri": store.redact(uri),
             "experiment_name": config.mlflow.experiment_name,
@@ -292,26 +295,23 @@ def job_outcomes(client: MlflowClient, parent: str) -> Dict:
     return {"summary": summary, "failed": failed}
 
 
-def finished_run(client: MlflowClient, parent: str, config_hash: str):
-    """The FINISHED run of this job config under `parent`, if an earlier attempt made one."""
-    exp_id = client.get_run(parent).info.experiment_id
-    found = client.search_runs(
-        [exp_id], f"tags.`{tags.PARENT_RUN}` = '{parent}' and tags.`{tags.CONFIG_HASH}` = "
-                  f"'{config_hash}' and attributes.status = 'FINISHED'", max_results=1)
-    return found[0] if found else None
-
-
-def count_jobs(config) -> Optional[int]:
-    """How many jobs the basic sweeper will make of the preset's sweep and the command line."""
+def count_jobs(config, distinct: bool = False) -> Optional[int]:
+    """How many jobs the basic sweeper makes of the preset's sweep and the command line (every
+    combination; `distinct`: without repeats, as in lr=0.01,0.001,0.01); None for a sweep it
+    cannot count (an interval, another sweeper's syntax)."""
     params = {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
     for line in config.hydra.overrides.task:  # the command line wins over the preset
         key, _, value = line.partition("=")
         params[key] = value
     try:
         parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
-        return len(BasicSweeper.split_arguments(parsed, None)[0])
+        values = [list(o.sweep_string_iterator()) if o.is_sweep_override() else [None]
+                  for o in parsed]
     except Exception:  # a launcher or sweeper of its own: no total, the bars still work
         return None
+    if distinct:
+        return math.prod(len(set(v)) for v in values)
+    return math.prod(len(v) for v in values)
 
 
 def job_sweep_context() -> tuple:
@@ -334,10 +334,9 @@ def in_multirun() -> bool:
 
 # ---------------------------------------------------------------- the sweep dir
 
-def mark_rejected(message: str) -> None:
-    """Leave the config-error marker in this job's folder (the sweep reports it at the end)."""
-    path = os.path.join(HydraConfig.get().runtime.output_dir, CONFIG_ERROR_MARKER)
-    with open(path, "w") as f:
+def mark_rejected(output_dir: str, message: str) -> None:
+    """Leave the config-error marker in a job's folder (the sweep reports it at the end)."""
+    with open(os.path.join(output_dir, CONFIG_ERROR_MARKER), "w") as f:
         f.write(f"{message}\n")
 
 
@@ -355,25 +354,11 @@ def clear_rejections(sweep_dir: str) -> None:
         os.remove(os.path.join(sweep_dir, name, CONFIG_ERROR_MARKER))
 
 
-def save_sweep_file(sweep_dir: str, values: dict) -> None:
-    os.makedirs(sweep_dir, exist_ok=True)
-    with open(os.path.join(sweep_dir, SWEEP_FILE), "w") as f:
-        json.dump(values, f, indent=2)
-
-
 def save_pending_close(sweep_dir: str, parent_id: str, uri: str, signum: Optional[int]) -> None:
     """The parent could not be closed (store unreachable): `sweeplab sync` does it later."""
     with open(os.path.join(sweep_dir, PENDING_CLOSE), "w") as f:
-        json.dump({"parent_run_id": parent_id, "tracking_uri": uri,
+        json.dump({"parent_run_id": parent_id, "tracking_uri": store.redact(uri),
                    "status": "KILLED" if signum else None}, f)
-
-
-def load_sweep_file(sweep_dir: str) -> Optional[dict]:
-    path = os.path.join(sweep_dir, SWEEP_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 # ---------------------------------------------------------------- the summary
@@ -383,7 +368,7 @@ def summarise_sweep(client: MlflowClient, parent: str, metric: Optional[str] = N
 
     `metric`: what the report ranks by; None = the jobs' task's objective.
     """
-    from runner import report  # matplotlib and the report load only when a report is made
+    from runner import report  # matplotlib: loaded only when a sweep ends with a report
 
     try:
         location = report.log_report(client, parent, metric)

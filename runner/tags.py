@@ -18,6 +18,7 @@ OUTCOME_LOST = "lost"  # its process died without closing the run (no heartbeat)
 OVERRIDES = "sweeplab.overrides"  # the job's command-line overrides (credentials redacted)
 TASK = "sweeplab.task"  # image_classification | language_model
 CONFIG_HASH = "sweeplab.config_hash"  # the resolved config's hash: what resume matches on
+PROCESS = "sweeplab.process"  # host:pid:start-time of the process writing the run
 HEARTBEAT = "sweeplab.heartbeat"  # unix seconds, refreshed while the run's process lives
 ERROR = "sweeplab.error"  # one line: why a run FAILED
 LOST_ERROR_PREFIX = "lost:"  # starts ERROR on a run marked lost (`sweeplab sync` undoes it)

@@ -212,7 +212,7 @@ def test_bad_arrays_are_one_line_through_the_cli_and_leave_no_run(tmp_path, stor
     (["model.factory=no_such_module:build"], r"^model\.factory: no module 'no_such_module' in "),
     (["model.factory=custom_parts:densee"],
      r"^model\.factory: module custom_parts \(.*custom_parts\.py\) has no 'densee'; its "
-     r"functions: blobs, dense$"),
+     r"functions: blobs, convnet, dense, dropout$"),
     (["model.factory=custom_parts:np"], r"^model\.factory: custom_parts:np is not a function "
                                         r"\(it is of type module\)"),
     (["model.factory=custom_parts:blobs"], r"^model\.factory: custom_parts:blobs\(n_train=60.*"

@@ -48,7 +48,7 @@ def test_help_lists_every_option_preset_and_launcher_with_its_description(defaul
 def test_help_marks_the_choices_of_the_command_line(default_help, tmp_path):
     assert re.search(r"^  lenet\*\s", default_help, re.M)  # the defaults list's choices
     assert re.search(r"^  none\*\s+No clipping", default_help, re.M)
-    assert re.search(r"^  basic\*\s", default_help, re.M)
+    assert re.search(r"^  stacked\*\s", default_help, re.M)  # the default for -m
     preset = _help("experiment=lenet_clip", "optimizer=sgd", cwd=tmp_path)
     assert re.search(r"^  lenet_clip\*\s", preset, re.M)
     assert re.search(r"^  value\*\s", preset, re.M)  # the preset picks clipping=value

@@ -216,9 +216,13 @@ def test_a_signal_closes_a_single_run_killed_with_every_printed_metric(tmp_path,
     assert f"stopped by {signal.Signals(signum).name}" in cli.output
 
 
+LAUNCHERS = {"basic": ["hydra/launcher=basic"],
+             "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
+
+
 def sweep_args(store, launcher, lrs="0.01,0.001,0.002"):
-    joblib = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
-    return ["-m", *joblib, *LONG, f"optimizer.lr={lrs}", f"mlflow.tracking_uri={store}"]
+    return ["-m", *LAUNCHERS[launcher], *LONG, f"optimizer.lr={lrs}",
+            f"mlflow.tracking_uri={store}"]
 
 
 def job_logs(sweep_dir):
@@ -329,6 +333,34 @@ def test_stacked_workers_exit_when_the_launcher_is_killed_while_they_start(tmp_p
     assert_no_orphans(cli.proc.pid, timeout=60)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_sweep_whose_launcher_was_killed_resumes_at_once(tmp_path, store, workers):
+    sweep_dir = tmp_path / "sweep"
+    cli = Cli(["-m", "hydra/launcher=stacked", f"hydra.launcher.n_workers={workers}", *LONG,
+               "optimizer.lr=0.01,0.001,0.002,0.003", f"mlflow.tracking_uri={store}",
+               f"hydra.sweep.dir={sweep_dir}"], tmp_path, cli_env(tmp_path))
+    deadline = time.monotonic() + 300
+    while not (sweep_dir.is_dir() and any(printed_evaluations(text)
+                                          for text in job_logs(sweep_dir).values())):
+        assert cli.proc.poll() is None and time.monotonic() < deadline, cli.output[-3000:]
+        time.sleep(0.2)
+    cli.proc.send_signal(signal.SIGKILL)  # nothing of the launcher runs: no run is closed
+    cli.finish()
+    assert_no_orphans(cli.proc.pid, timeout=60)
+    # Its heartbeat is fresh (lost only after 10 minutes), but its process is gone.
+    resumed = Cli(["resume", str(sweep_dir)], tmp_path, cli_env(tmp_path))
+    resumed.wait_for(r"resuming sweep run", timeout=120)
+    resumed.proc.send_signal(signal.SIGTERM)
+    assert resumed.finish() == 143, resumed.output[-3000:]
+    assert "stop it first" not in resumed.output
+    client, runs = all_runs(store)
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    closed = [r for r in runs if r.data.tags.get("outcome") == "lost"]
+    assert closed and all(r.data.tags["sweeplab.error"].startswith("lost: its process")
+                          for r in closed)
+
+
 @pytest.mark.slow  # tens of seconds: `make test-slow`
 def test_a_run_whose_process_died_is_marked_lost(tmp_path, store):
     from runner.store import mark_lost_runs
@@ -355,8 +387,19 @@ def test_a_run_whose_process_died_is_marked_lost(tmp_path, store):
 
 # ---------------------------------------------------------------- the store, set up once
 
+def occupy_the_next_sweep_dirs(cwd, seconds=300):
+    """Folders where the default sweep dir (outputs/sweeps/<date>/<time>) of each of the next
+    `seconds` would go: a sweep started then finds its timestamp taken, as two sweeps started
+    in the same second do."""
+    now = time.time()
+    for t in range(int(now), int(now) + seconds):
+        os.makedirs(cwd / "outputs" / "sweeps" / time.strftime("%Y-%m-%d/%H-%M-%S",
+                                                             time.localtime(t)))
+
+
 def test_two_sweeps_and_two_runs_started_together_on_a_fresh_store(tmp_path, store):
     env = cli_env(tmp_path)
+    occupy_the_next_sweep_dirs(tmp_path)
     clis = [Cli(["-m", *SHORT, f"optimizer.lr={lrs}", f"mlflow.tracking_uri={store}"],
                 tmp_path, env) for lrs in ("0.01,0.001", "0.002,0.003")]
     clis += [Cli([*SHORT, f"optimizer.lr={lr}", f"mlflow.tracking_uri={store}",
@@ -366,10 +409,15 @@ def test_two_sweeps_and_two_runs_started_together_on_a_fresh_store(tmp_path, sto
     client, runs = all_runs(store)
     parents = [r for r in runs if r.data.tags.get("sweeplab.role") == "sweep"]
     assert len(parents) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    # Each sweep claimed a folder of its own, and each folder holds that sweep's jobs only.
+    dirs = {p.data.tags["sweeplab.sweep_dir"] for p in parents}
+    assert len(dirs) == 2 and all(re.search(r"/\d\d-\d\d-\d\d-[23]$", d) for d in dirs)
     for parent in parents:
         children = [r for r in runs
                     if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         assert len(children) == 2
+        logs = job_logs(parent.data.tags["sweeplab.sweep_dir"])
+        assert sorted(logs) == sorted(c.data.params["optimizer.lr"] for c in children)
     singles = [r for r in runs if r.data.tags.get("sweeplab.role") != "sweep"
                and "mlflow.parentRunId" not in r.data.tags]
     assert sorted(r.data.params["optimizer.lr"] for r in singles) == ["0.004", "0.005"]
@@ -530,7 +578,8 @@ def write_npz(folder, labels_high=9):
 
 
 @pytest.mark.parametrize("launcher", [
-    (), pytest.param(("hydra/launcher=stacked", "hydra.launcher.n_workers=2"),
+    ("hydra/launcher=basic",),
+    pytest.param(("hydra/launcher=stacked", "hydra.launcher.n_workers=2"),
                      marks=pytest.mark.slow)], ids=["basic", "stacked"])
 def test_a_job_that_raises_fails_alone_and_the_sweep_goes_on(tmp_path, store, launcher):
     good, bad = write_npz(tmp_path / "good"), write_npz(tmp_path / "bad", labels_high=200)
@@ -601,7 +650,7 @@ def test_an_interrupted_sweep_resumes_each_config_exactly_once(tmp_path, store):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", [(), ("hydra/launcher=stacked",)],
+@pytest.mark.parametrize("launcher", [("hydra/launcher=basic",), ("hydra/launcher=stacked",)],
                          ids=["basic", "stacked"])
 def test_resume_subcommand_reruns_only_the_failed_job(tmp_path, store, launcher):
     good, bad = write_npz(tmp_path / "good"), write_npz(tmp_path / "bad", labels_high=200)

@@ -5,6 +5,7 @@ their curves), plus two tags; jobs that cannot stack train alone; bad configs ar
 import math
 import os
 import pickle
+import re
 import signal
 import site
 import subprocess
@@ -65,9 +66,9 @@ def test_jobs_differing_in_shape_free_groups_share_a_graph_and_others_do_not():
     same_graph = [compose_cfg("model=mlp", *o) for o in (
         ("optimizer.lr=0.5", "optimizer.beta2=0.9"), ("clipping=value", "clipping.min=-2"),
         ("regularizer=l2", "regularizer.strength=0.1"), ("lr_schedule=cosine",),
-        ("plots.skip_first=3",))]
+        ("plots.skip_first=3",), ("seed=1",))]  # seeds are replicates: one graph
     other_graph = [compose_cfg("model=mlp", *o) for o in (
-        ("optimizer=sgd",), ("seed=1",), ("model.hidden=[8]",), ("train.batch_size=16",),
+        ("optimizer=sgd",), ("model.hidden=[8]",), ("train.batch_size=16",),
         ("dataset=fashion_mnist",), ("mlflow.experiment_name=x",))]
     assert {graph_key(cfg, {}) for cfg in [base, *same_graph]} == {graph_key(base, {})}
     assert graph_key(base, {}) not in {graph_key(cfg, {}) for cfg in other_graph}
@@ -93,7 +94,7 @@ def test_chunks_are_split_until_every_worker_has_one():
 
 def test_unstackable_models_and_lonely_jobs_train_alone_with_a_reason():
     cfgs = [compose_cfg("model=mlp", "optimizer.lr=0.1"), compose_cfg("model=alexnet"),
-            compose_cfg("model=mlp", "optimizer.lr=0.2"), compose_cfg("model=mlp", "seed=7"),
+            compose_cfg("model=mlp", "optimizer.lr=0.2"), compose_cfg("model=mlp", "train.steps=7"),
             compose_cfg("model=lstm_small", "dataset=ptb", "dataset.data_dir=/nowhere")]
     chunks = plan_chunks(cfgs, [{}] * len(cfgs), max_stack=16)
     assert [c.members for c in chunks] == [[0, 2], [1], [3], [4]]
@@ -230,6 +231,64 @@ def test_a_bad_launcher_option_is_one_line_and_exit_2(tmp_path):
         "e.g. hydra.launcher.max_stack=16"]
 
 
+# ---------------------------------------------------------------- the default, repeats, reruns
+
+def test_stacked_is_the_default_launcher_and_basic_is_one_override_away(tmp_path):
+    def launcher(*args):
+        done = subprocess.run([sys.executable, "-m", "runner", *args, "--cfg", "hydra",
+                               "--package", "hydra.launcher"], cwd=tmp_path,
+                              env=cli_env(tmp_path), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return yaml.safe_load(done.stdout)["_target_"]
+
+    assert launcher().endswith("StackedLauncher")
+    assert launcher("hydra/launcher=basic").endswith("BasicLauncher")
+
+
+def test_a_repeated_value_in_a_sweep_list_trains_once_and_ends_cleanly(tmp_path):
+    process = start_cli(["model=mlp", "model.hidden=[16]", "optimizer.lr=0.01,0.001,0.01",
+                         "hydra.launcher.n_workers=1", *TINY, STORE], tmp_path)
+    code, out, err = outcome(process, tmp_path)
+    assert code == 0 and "Traceback" not in err, err[-3000:]
+    assert "job #2 repeats the config of job #0: trained once" in out
+    assert [d.name for d in job_dirs(tmp_path)] == ["0", "1", "2"]
+    client, runs = children(tmp_path)
+    assert sorted(runs) == ["lr=0.001", "lr=0.01"]
+    assert all(r.info.status == "FINISHED" for r in runs.values())
+    [parent] = [r for r in runs_of(f"sqlite:///{tmp_path}/mlflow.db")[1]
+                if r.data.tags.get("sweeplab.role") == "sweep"]
+    assert parent.info.status == "FINISHED"
+
+
+def test_rerunning_a_finished_sweep_in_its_dir_runs_nothing_and_a_new_dir_runs_afresh(
+        tmp_path):
+    args = ["model=mlp", "model.hidden=[16]", "optimizer.lr=0.01,0.001",
+            "hydra.launcher.n_workers=1", *TINY, STORE]
+    code, _, err = outcome(start_cli(args, tmp_path), tmp_path)
+    assert code == 0, err[-3000:]
+    logs = {p: (p.read_text(), p.stat().st_mtime_ns) for p in (tmp_path / "sweep").rglob("*")
+            if p.is_file()}
+    code, out, err = outcome(start_cli(args, tmp_path), tmp_path)
+    assert code == 0, err[-3000:]
+    [parent] = [r for r in runs_of(f"sqlite:///{tmp_path}/mlflow.db")[1]
+                if r.data.tags.get("sweeplab.role") == "sweep"]
+    assert out.splitlines()[-1] == (
+        f"sweeplab: all 2 jobs of sweep run {parent.info.run_id} in {tmp_path / 'sweep'} are "
+        f"already finished: nothing to run (another hydra.sweep.dir runs them afresh)")
+    assert "Launching" not in out + err
+    assert {p: (p.read_text(), p.stat().st_mtime_ns) for p in (tmp_path / "sweep").rglob("*")
+            if p.is_file()} == logs  # no job folder, log or sweep file touched
+    process = subprocess.Popen([sys.executable, "-m", "runner", "-m", *args,
+                                "hydra.sweep.dir=again"], cwd=tmp_path, env=cli_env(tmp_path),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = process.communicate(timeout=900)
+    assert process.returncode == 0, err[-3000:]
+    _, runs = runs_of(f"sqlite:///{tmp_path}/mlflow.db")
+    assert len(runs) == 6  # two sweeps (parents) of two jobs each
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len({r.data.tags.get("mlflow.parentRunId") for r in runs} - {None}) == 2
+
+
 # ---------------------------------------------------------------- worker processes
 
 @pytest.mark.slow
@@ -280,13 +339,20 @@ def test_a_worker_that_dies_fails_its_jobs_and_the_sweep_does_not_hang(tmp_path)
         time.sleep(0.2)
     victim = spawned_workers(process.pid)[0]
     os.kill(victim, signal.SIGKILL)
-    code, _, err = outcome(process, tmp_path, timeout=600)
-    assert code != 0
-    assert f"its worker process {victim} died (exit code -9)" in err + \
-        (tmp_path / "stdout.txt").read_text()
+    code, out, err = outcome(process, tmp_path, timeout=600)
+    assert code == 1 and "Traceback" not in err
+    # One line per job of the dead worker's group, naming the job and its closed run.
+    lost = [line for line in err.splitlines() if " lost: " in line]
+    assert len(lost) == 2, err[-3000:]
+    for line in lost:
+        assert re.fullmatch(rf"sweeplab: error: job .* lost: its worker process {victim} "
+                            rf"died \(exit code -9\); run \w+ is FAILED \(outcome=lost\)", line)
+    assert "2 job(s) failed" in err
     client, runs = children(tmp_path)
     finished = [r for r in runs.values() if r.info.status == "FINISHED"]
     assert len(finished) == 2 and all(r.data.tags["outcome"] == "ok" for r in finished)
+    lost_runs = [r for r in runs.values() if r.info.status != "FINISHED"]
+    assert [(r.info.status, r.data.tags["outcome"]) for r in lost_runs] == [("FAILED", "lost")] * 2
 
 
 # ---------------------------------------------------------------- plugin discovery

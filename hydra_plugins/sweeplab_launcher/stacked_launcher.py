@@ -1,10 +1,11 @@
-"""`hydra/launcher=stacked`: a sweep's jobs that share a graph's shapes train side by side.
+"""`hydra/launcher=stacked` (the default for `-m`): jobs that share a graph's shapes train side by
+side, in one compiled call.
 
 Hydra imports this module in every Hydra app of the environment while it scans for plugins,
 so it holds only the launcher's config and class; the work is in `_core` (a leading `_`:
 the scan skips it), imported when the launcher runs — the layout of Hydra's own launchers.
 
-    python -m runner -m hydra/launcher=stacked experiment=lenet_clip \
+    python -m runner -m experiment=lenet_clip \
         optimizer.lr=0.00005,0.0005,0.005,0.05 clipping=none,value,norm,global_norm
 """
 import atexit
@@ -23,8 +24,10 @@ class StackedLauncherConf:
     _target_: str = "hydra_plugins.sweeplab_launcher.stacked_launcher.StackedLauncher"
     # Jobs trained in one compiled graph at most; a bigger group is split into even chunks.
     max_stack: int = 16
-    # Processes that train chunks (each takes whole chunks); 1 = in the launching process;
-    # null = one per core, at most 4, at most one per two jobs (2 on a 2-core machine).
+    # Processes that train groups of jobs; 1 = in the launching process. null = chosen so a
+    # sweep never pays for workers it cannot use (runner/pool.py, choose_workers): at most
+    # one per core the machine's 1-minute load leaves idle (a busy machine gets 1), one per
+    # two jobs, one per 1000 job-steps (jobs x train.steps), and 4 (each holds ~1 GB).
     n_workers: Optional[int] = None
 
 
@@ -45,14 +48,12 @@ class StackedLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         from hydra_plugins.sweeplab_launcher import _core
 
+        _core.check_settings(self.max_stack, self.n_workers)
         # Shared with the sweeper, which composes each job once to check it: keep that one.
         hydra_context.config_loader = _core.ComposeOnce(hydra_context.config_loader)
-        # Workers start now, so that they load TensorFlow while the sweeper and the launcher
-        # compose the jobs; `launch` hands them the chunks.
-        _core.check_settings(self.max_stack, self.n_workers)
-        workers = self.n_workers or _core.default_workers(config)
-        if workers > 1:
-            self.pool = _core.WorkerPool(workers, config.hydra.job_logging)
+        # Workers start now, so that they load TensorFlow while the jobs are composed.
+        self.pool = _core.start_pool(config, self.n_workers)
+        if self.pool is not None:
             atexit.register(self.pool.close)  # no batch came (every job resumed as done)
 
     def launch(self, job_overrides: Sequence[Sequence[str]],

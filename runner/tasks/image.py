@@ -14,7 +14,7 @@ the log says why. Each job gets its own MLflow run with exactly what it would ge
 import logging
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Sequence
 
 import numpy as np
@@ -235,7 +235,9 @@ def run_group(cfgs: Sequence, contexts: Sequence[JobContext]) -> List[float]:
     reason = stack_reason(built[0]) if len(cfgs) > 1 else None
     if reason is not None:
         log.info("%d jobs train one per graph: %s", len(cfgs), reason)
-        return [value for cfg, context in zip(cfgs, contexts)
+        alone = [replace(c, extra_tags={**(c.extra_tags or {}), tags.STACKED: "1"})
+                 for c in contexts]  # the launcher planned them as one graph
+        return [value for cfg, context in zip(cfgs, alone)
                 for value in run_group([cfg], [context])]
     graph = assemble(cfgs, splits, plan_, built)
     log.info("%s on %s (%d train / %d val / %d test), %s params, %d steps of batch %d%s",
