@@ -1,8 +1,9 @@
 """Command line: `python -m runner` / `sweeplab`. Hydra parses overrides and sweeps.
 
 `sweeplab report ...`, `sweeplab sync ...`, `sweeplab resume ...` and `sweeplab server ...` are
-subcommands (SUBCOMMANDS); anything else is the Hydra app, whose task function runs one job through its
-lifecycle (runner/jobs.py: accept, train, conclude). A single run exits with the job's code
+subcommands (SUBCOMMANDS); anything else is the Hydra app, whose task function runs one job
+through its lifecycle (runner/jobs.py: accept, train, conclude). A single run exits with the
+job's code
 (2 a rejected value, 1 a failure); in a sweep a job never raises into Hydra and the sweep
 reports at its end (runner/sweep.py).
 """

@@ -134,7 +134,7 @@ def create_parent(client: MlflowClient, exp_id: str, overrides: List[str],
         tags={tags.SWEEP_DIR: sweep_dir, tags.ROLE: tags.ROLE_SWEEP,
               tags.SWEEP_KEY: sweep_key(overrides),
               tags.OVERRIDES: store.redact(" ".join(overrides)),
-              tags.HEARTBEAT: str(int(time.time())), resume.PROCESS: resume.this_process(),
+              tags.HEARTBEAT: str(int(time.time())), tags.PROCESS: resume.this_process(),
               **codeversion.version_tags()})
     return parent.info.run_id
 
