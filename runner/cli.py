@@ -3,9 +3,8 @@
 `sweeplab report ...`, `sweeplab sync ...`, `sweeplab resume ...` and `sweeplab server ...` are
 subcommands (SUBCOMMANDS); anything else is the Hydra app, whose task function runs one job
 through its lifecycle (runner/jobs.py: accept, train, conclude). A single run exits with the
-job's code
-(2 a rejected value, 1 a failure); in a sweep a job never raises into Hydra and the sweep
-reports at its end (runner/sweep.py).
+job's code (2 a rejected value, 1 a failure); in a sweep a job never raises into Hydra and the
+sweep reports at its end (runner/sweep.py).
 """
 import os
 import sys
