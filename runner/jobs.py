@@ -157,7 +157,7 @@ def train(group: Group) -> List[Result]:
                   f"{job.name}", file=sys.stderr, flush=True)
         return [Killed(signals.received())] * len(group.jobs)
     # The process: lets resume see it died.
-    extra = {**group.tags, resume.PROCESS: resume.this_process()}
+    extra = {**group.tags, tags.PROCESS: resume.this_process()}
     contexts = [replace(job.context, extra_tags={**(job.context.extra_tags or {}), **extra})
                 for job in group.jobs]
     shared = group.alone is None and len(group.jobs) > 1
@@ -250,7 +250,7 @@ def close_lost(job: Job, why: str) -> str:
             query += f" and tags.`{tags.PARENT_RUN}` = '{job.context.parent_run_id}'"
         left = [run for run in client.search_runs(
                     [experiment_id(client, job.cfg.mlflow, uri)], query, max_results=100)
-                if resume.process_gone(run.data.tags.get(resume.PROCESS, ""))]
+                if resume.process_gone(run.data.tags.get(tags.PROCESS, ""))]
         for run in left:
             store.close_lost(client, run.info.run_id, f"lost: {why} on {socket.gethostname()}")
         if left:

@@ -28,8 +28,6 @@ from runner.tracking import JobContext, config_hash, tracking_uri
 if TYPE_CHECKING:  # MLflow loads when a store is opened, not when `--help` imports this module
     from mlflow.tracking import MlflowClient
 
-# "host:pid:start": the process that writes a run. Belongs in runner/tags.py (another
-# engineer is moving every tag name there right now).
 SWEEP_FILE = "sweeplab.json"  # in the sweep dir: what `sweeplab resume <dir>` needs
 
 

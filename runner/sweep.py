@@ -133,7 +133,7 @@ def create_parent(client: MlflowClient, exp_id: str, overrides: List[str],
         exp_id, run_name=f"sweep {' '.join(overrides) or '(defaults)'}",
         tags={tags.SWEEP_DIR: sweep_dir, tags.ROLE: tags.ROLE_SWEEP,
               tags.SWEEP_KEY: sweep_key(overrides), tags.OVERRIDES: " ".join(overrides),
-              tags.HEARTBEAT: str(int(time.time())), resume.PROCESS: resume.this_process(),
+              tags.HEARTBEAT: str(int(time.time())), tags.PROCESS: resume.this_process(),
               **codeversion.version_tags()})
     return parent.info.run_id
 
