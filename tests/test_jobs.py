@@ -88,7 +88,7 @@ def test_a_job_trains_and_concludes_with_its_objective(tmp_path, store):
     assert run.info.status == "FINISHED"
     assert run.data.metrics["val_loss"] == pytest.approx(value)
     # The process that wrote it, so resume can tell it died.
-    assert run.data.tags[resume.PROCESS] == resume.this_process()
+    assert run.data.tags[tags.PROCESS] == resume.this_process()
 
 
 def test_a_job_that_raises_is_failed_with_its_run_and_exit_1(tmp_path, store, capsys):
@@ -138,9 +138,9 @@ def test_a_lost_job_closes_the_run_its_dead_process_left_running(tmp_path, store
     client = MlflowClient(tracking_uri=store)
     exp = client.create_experiment("sweeplab")
     left = client.create_run(exp, tags={tags.CONFIG_HASH: config_hash(job.cfg),
-                                        resume.PROCESS: dead_process()}).info.run_id
+                                        tags.PROCESS: dead_process()}).info.run_id
     alive = client.create_run(exp, tags={tags.CONFIG_HASH: config_hash(job.cfg),
-                                         resume.PROCESS: resume.this_process()}).info.run_id
+                                         tags.PROCESS: resume.this_process()}).info.run_id
     why = "its worker process 123 died (exit code -9)"
     assert jobs.conclude(job, jobs.Lost(why), in_sweep=True) == (pytest.approx(math.nan,
                                                                                 nan_ok=True), 1)

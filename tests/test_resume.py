@@ -39,9 +39,9 @@ def client(store):
 
 def test_running_runs_of_dead_processes_are_closed_lost_and_no_others(client):
     exp = client.create_experiment("e")
-    dead = client.create_run(exp, tags={resume.PROCESS: f"{socket.gethostname()}:"
+    dead = client.create_run(exp, tags={tags.PROCESS: f"{socket.gethostname()}:"
                                                         f"{ended_pid()}:"}).info.run_id
-    alive = client.create_run(exp, tags={resume.PROCESS: resume.this_process()}).info.run_id
+    alive = client.create_run(exp, tags={tags.PROCESS: resume.this_process()}).info.run_id
     untagged = client.create_run(exp).info.run_id
     assert resume.close_dead_runs(client, [exp]) == [dead]
     run = client.get_run(dead)
@@ -95,14 +95,14 @@ def test_resume_refuses_a_live_sweep_and_takes_over_a_dead_one_at_once(client, s
     sweep_dir = str(tmp_path / "sweep")
     sweep_id = parent(client, exp, "k", sweep_dir, "RUNNING")
     client.set_tag(sweep_id, tags.HEARTBEAT, str(int(time.time())))  # fresh
-    client.set_tag(sweep_id, resume.PROCESS, resume.this_process())
+    client.set_tag(sweep_id, tags.PROCESS, resume.this_process())
     resume.save_sweep_file(sweep_dir, {"parent_run_id": sweep_id, "tracking_uri": store,
                                        "task_overrides": ["optimizer.lr=0.1,0.2"],
                                        "hydra_overrides": ["hydra/launcher=basic"]})
     assert resume.resume_overrides([sweep_dir]) == (None, 2)
     assert "is still running" in capsys.readouterr().err
     # Its launcher was SIGKILLed: no waiting for the heartbeat to go stale.
-    client.set_tag(sweep_id, resume.PROCESS, f"{socket.gethostname()}:{ended_pid()}:")
+    client.set_tag(sweep_id, tags.PROCESS, f"{socket.gethostname()}:{ended_pid()}:")
     overrides, code = resume.resume_overrides([sweep_dir, "hydra.launcher.n_workers=1"])
     assert code == 0 and overrides == [
         "-m", "optimizer.lr=0.1,0.2", f"mlflow.tracking_uri={store}", "hydra/launcher=basic",

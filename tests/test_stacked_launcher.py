@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, TINY, children_of, cli_env, compose_cfg, runs_of
-from hydra_plugins.sweeplab_launcher._plan import even_chunks, graph_key, plan_chunks
+from runner.grouping import even_chunks, graph_key, plan_chunks
 
 STACKED = ("hydra/launcher=stacked",)
 SWEEP = ("model=mlp", "model.hidden=[16]", "optimizer.lr=0.01,0.001", "clipping=none,global_norm",

@@ -3,7 +3,7 @@
 Each job is set up by Hydra's own `run_job`, as under the basic launcher (output dir,
 `.hydra/*.yaml`, `hydra.job.env_set`), with `runner.jobs.accept` as its task: it validates
 the job and builds its context, nothing trains yet. The accepted jobs are grouped by graph
-(`_plan`), trained in this process or in worker processes (`runner.pool`), and each job is
+(`runner.grouping`), trained in this process or in worker processes (`runner.pool`), and each job is
 concluded (`runner.jobs.conclude`) while Hydra's callbacks hear of it.
 """
 import logging
@@ -21,7 +21,7 @@ from hydra.core.utils import (JobReturn, JobStatus, configure_log, env_override,
 from hydra.types import HydraContext
 from omegaconf import OmegaConf, open_dict
 
-from hydra_plugins.sweeplab_launcher._plan import plan_chunks
+from runner.grouping import plan_chunks
 from runner import jobs, joblog, pool, tags
 from runner.sweep import count_jobs
 
