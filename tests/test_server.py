@@ -46,14 +46,24 @@ def cli_env(home, **extra):
                 PYTHONUNBUFFERED="1", **extra)
 
 
+_BASE = []  # this test process's folder under /tmp, removed when the module ends
+
+
 def public_folder(prefix):
     """A fresh folder PostgreSQL's OS user can enter (pytest's tmp_path is root's alone)."""
-    base = os.path.join(tempfile.gettempdir(), "sweeplab-server-tests")
-    os.makedirs(base, exist_ok=True)
-    os.chmod(base, 0o755)
-    folder = tempfile.mkdtemp(prefix=prefix, dir=base)
+    if not _BASE:
+        _BASE.append(tempfile.mkdtemp(prefix="sweeplab-server-tests-"))
+        os.chmod(_BASE[0], 0o755)
+    folder = tempfile.mkdtemp(prefix=prefix, dir=_BASE[0])
     os.chmod(folder, 0o755)
     return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def remove_public_folders():
+    yield
+    if _BASE:
+        shutil.rmtree(_BASE.pop(), ignore_errors=True)
 
 
 class Proc:
