@@ -42,6 +42,7 @@ ADMIN_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"  # MLflow's own variable
 ADMIN_USERNAME_ENV = "MLFLOW_AUTH_ADMIN_USERNAME"
 SECRET_KEY_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"  # basic-auth's CSRF key, shared by workers
 MIN_PASSWORD = 12  # MLflow's password policy
+AUTH_CACHE_SECONDS = 60  # basic-auth remembers a good password this long (per worker)
 START_SECONDS = 180.0  # how long a child may take to answer
 QUICK_DEATHS = 5  # a child that dies this many times in a row within a minute of starting: give up
 INSTALL = "apt-get install postgresql"
@@ -52,6 +53,10 @@ default_permission = {default_permission}
 database_uri = {database_uri}
 admin_username = {admin}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+# A password check is a PBKDF2 hash (tenths of a second of CPU): without this cache every
+# request of every run pays it. A changed password or a deleted user is seen by the other
+# workers within this many seconds.
+auth_cache_ttl_seconds = {auth_cache_seconds}
 """
 
 
@@ -204,7 +209,8 @@ def write_auth_ini(folder: str, role: str, default_permission: str) -> str:
     admin = os.environ.get(ADMIN_USERNAME_ENV) or "admin"
     with open(path, "w") as f:
         f.write(AUTH_INI.format(database_uri=store_uri(folder, "mlflow_auth", role), admin=admin,
-                                default_permission=default_permission))
+                                default_permission=default_permission,
+                                auth_cache_seconds=AUTH_CACHE_SECONDS))
     os.chmod(path, 0o600)
     return path
 
