@@ -505,8 +505,13 @@ def test_four_sweeps_at_once_survive_a_killed_mlflow_and_a_postgresql_restart():
               f"{lost}; {wall:.0f} s; mlflow SIGKILLed at {killed_at:.0f} s, PostgreSQL "
               f"restarted at {restarted_at:.0f} s with {len(still_running)} sweeps running; "
               f"sync: {out.count('synced')} journals")
+        short = [(r.info.run_name, r.data.tags.get("outcome"), k, counts[r.info.run_id].get(k, 0),
+                  n) for r in children for k, n in full.items()
+                 if counts[r.info.run_id].get(k, 0) != n]
         assert per_step, full
-        assert lost == 0
+        said = [line for p in procs.values() for line in p.lines
+                if "refused" in line or "sweeplab: error" in line or "WARNING" in line]
+        assert lost == 0, (short, said[:20])
         assert values >= 200_000
         assert still_running, "the sweeps ended before the faults: raise LOAD_STEPS"
     finally:
