@@ -90,8 +90,9 @@ def lost_after_seconds() -> float:
 
 USERNAME_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"  # MLflow's
 REDACTED = "***"
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@\s:'\"]*):"
-                       r"(?P<password>[^/@\s'\"]*)@")
+# scheme://user:password@ (Hydra's launchers print overrides with ':' escaped as '\:').
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*\\?://)(?P<user>[^/@\s:'\"\\]*)"
+                       r"(?P<sep>\\?:)(?P<password>[^/@\s'\"]*)@")
 _PASSWORD_PARAM = re.compile(r"(?P<key>\bpassword=)(?P<password>[^&\s'\"]+)", re.IGNORECASE)
 
 
@@ -100,7 +101,7 @@ def redact(text: str) -> str:
     `http://u:***@host:5000`, `...?password=***`. The one rule, wherever a URI is written."""
     if not isinstance(text, str) or ("@" not in text and "assword=" not in text.lower()):
         return text
-    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", text)
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}{m['sep']}{REDACTED}@", text)
     return _PASSWORD_PARAM.sub(lambda m: f"{m['key']}{REDACTED}", text)
 
 
@@ -149,8 +150,9 @@ def server_credentials(uri: str) -> Tuple[Optional[str], Optional[str]]:
     return None, None
 
 
-def _base_url(uri: str) -> str:
-    """The server's URL without userinfo (urllib does not take it)."""
+def base_url(uri: str) -> str:
+    """A server's URL without user or password (urllib does not take them; links must not
+    show them)."""
     parsed = urllib.parse.urlsplit(uri)
     host = parsed.hostname or ""
     netloc = (f"[{host}]" if ":" in host else host) + (f":{parsed.port}" if parsed.port else "")
@@ -282,7 +284,7 @@ def _writable_folder(folder: str, source: str) -> None:
 def check_server(uri: str, source: str = OPTION, timeout: float = CHECK_SECONDS) -> None:
     """Quick requests to the server: /health answers at all, and not with a 5xx; then, on a
     server with logins (basic-auth), the client's credentials are accepted."""
-    base = _base_url(uri)
+    base = base_url(uri)
     try:
         with urllib.request.urlopen(base + "/health", timeout=timeout):
             pass
@@ -305,7 +307,7 @@ def check_login(uri: str, source: str = OPTION, timeout: float = CHECK_SECONDS) 
     """On a server with logins, the client's user and password are accepted (MLflow's
     basic-auth answers /users/current; a server without logins answers 404)."""
     user, password = server_credentials(uri)
-    request = urllib.request.Request(_base_url(uri) + "/api/2.0/mlflow/users/current")
+    request = urllib.request.Request(base_url(uri) + "/api/2.0/mlflow/users/current")
     if user is not None:
         token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
@@ -436,6 +438,10 @@ def open_client(uri: str) -> "MlflowClient":
     from mlflow.tracking import MlflowClient  # lazy: see the module's docstring
 
     quiet_mlflow_sql_errors()
+    if redact(uri) != uri:
+        # MLflow prints "View run ... at: <the URI>" on stdout (not a log record) when a run
+        # ends: with a password in the URI, not at all.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     path = sqlite_path(uri)
     if is_postgres(uri):
         lock = postgres_lock(uri)

@@ -40,7 +40,7 @@ from runner import codeversion, progress, resume, signals, store, tags
 from runner.config import ConfigError
 from runner.outbox import one_line
 from runner.tasks import spec_for
-from runner.tracking import experiment_id, tracking_uri
+from runner.tracking import experiment_id, short_name, tracking_uri
 
 if TYPE_CHECKING:  # MLflow loads when the sweep starts, not when `--help` imports this module
     from mlflow.tracking import MlflowClient
@@ -130,7 +130,7 @@ def fail(message: str) -> None:
 def create_parent(client: MlflowClient, exp_id: str, overrides: List[str],
                   sweep_dir: str) -> str:
     parent = client.create_run(
-        exp_id, run_name=store.redact(f"sweep {' '.join(overrides) or '(defaults)'}"),
+        exp_id, run_name=short_name(store.redact(f"sweep {' '.join(overrides) or '(defaults)'}")),
         tags={tags.SWEEP_DIR: sweep_dir, tags.ROLE: tags.ROLE_SWEEP,
               tags.SWEEP_KEY: sweep_key(overrides),
               tags.OVERRIDES: store.redact(" ".join(overrides)),

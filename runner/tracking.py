@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 MAX_PARAMS_PER_BATCH = 100
+MAX_RUN_NAME = 250  # MLflow's runs.name column
 FLUSH_SECONDS = 5.0  # metrics reach the store at least this often, so the UI shows progress
 CREATE_RETRY_SECONDS = 10.0  # creating the run is retried this long, then the run goes offline
 RECORDED_ATTR = "sweeplab_run_id"  # set on an exception once a run recorded it
@@ -75,7 +76,13 @@ def run_name(overrides: List[str], common: List[str] = ()) -> str:
     shown = [o.lstrip("+~").replace("optimizer.lr=", "lr=") for o in overrides
              if o not in common and not o.startswith(("experiment=", "mlflow.", "hydra"))]
     experiment = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
-    return ",".join(shown) or (experiment[0] if experiment else "run")
+    return short_name(",".join(shown) or (experiment[0] if experiment else "run"))
+
+
+def short_name(name: str) -> str:
+    """A run name MLflow's tables take: PostgreSQL enforces the column's 250 characters
+    (sqlite does not, so a long name used to pass there only)."""
+    return name if len(name) <= MAX_RUN_NAME else name[:MAX_RUN_NAME - 3] + "..."
 
 
 def config_hash(cfg) -> str:

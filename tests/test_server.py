@@ -387,7 +387,8 @@ def test_a_sweep_into_a_direct_postgresql_store_with_its_password_redacted(pg_da
     home = public_folder("direct-")
     # trust on the private socket: the password is not checked, only kept out of every record
     uri = pg_database.replace("@/", ":db-secret-password@/")
-    code, out = sweeplab(["-m", *SHORT, "optimizer.lr=0.1,0.01", f"mlflow.tracking_uri={uri}",
+    # quoted: `?host=/path` holds an `=`, which Hydra's override grammar takes for its own
+    code, out = sweeplab(["-m", *SHORT, "optimizer.lr=0.1,0.01", f"mlflow.tracking_uri='{uri}'",
                           f"mlflow.artifact_location={home}/artifacts"], home, cli_env(home))
     assert code == 0, out[-3000:]
     assert "db-secret-password" not in out
