@@ -74,8 +74,12 @@ def apply(client: "MlflowClient", run_id: Optional[str], op: dict,
     kind = op["op"]
     if kind == "create_run":
         exp_id = store.ensure_experiment(client, op["experiment_name"], op["artifact_location"])
-        run = client.create_run(exp_id, start_time=op["start_time"], tags=op["tags"],
-                                run_name=op["run_name"])
+        if tags.RUN_KEY in op["tags"]:  # journals written before the key have none
+            run = store.create_run_once(client, exp_id, op["tags"], op["run_name"],
+                                        start_time=op["start_time"])
+        else:
+            run = client.create_run(exp_id, start_time=op["start_time"], tags=op["tags"],
+                                    run_name=op["run_name"])
         return run.info.run_id
     if kind == "log_batch":
         if op.get("params") or op.get("tags"):

@@ -483,6 +483,35 @@ def is_disk_full(err: BaseException) -> bool:
     return False
 
 
+# ---------------------------------------------------------------- creating a run once
+
+def create_run_once(client: "MlflowClient", exp_id: str, run_tags: dict, run_name: str,
+                    start_time: Optional[int] = None):
+    """Create the run tagged `tags.RUN_KEY` = run_tags[RUN_KEY], once.
+
+    A request to a server can commit and lose its answer (the server killed, a timeout); the
+    retry, MLflow's own or ours, would make a second run. So a server store is first asked for
+    the key, and asked again after creating: of two, the older stays and the other is deleted
+    (it holds nothing but its tags). A database store commits or raises: no question asked.
+    """
+    key = run_tags[tags.RUN_KEY]
+    remote = client.tracking_uri.startswith(("http://", "https://"))
+    query = f"tags.`{tags.RUN_KEY}` = '{key}'"
+    if remote:
+        found = client.search_runs([exp_id], query, max_results=10)
+        if found:
+            return min(found, key=lambda r: (r.info.start_time, r.info.run_id))
+    run = client.create_run(exp_id, start_time=start_time, tags=run_tags, run_name=run_name)
+    if remote:
+        found = client.search_runs([exp_id], query, max_results=10)
+        keep = min(found or [run], key=lambda r: (r.info.start_time, r.info.run_id))
+        for other in found:
+            if other.info.run_id != keep.info.run_id:
+                client.delete_run(other.info.run_id)
+        return keep
+    return run
+
+
 # ---------------------------------------------------------------- runs whose process died
 
 def mark_lost_runs(client: "MlflowClient", experiment_ids: Iterable[str],

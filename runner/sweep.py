@@ -28,6 +28,7 @@ import math
 import os
 import sys
 import time
+import uuid
 from collections import Counter
 from typing import TYPE_CHECKING, Dict, List, Optional
 
@@ -129,13 +130,13 @@ def fail(message: str) -> None:
 
 def create_parent(client: MlflowClient, exp_id: str, overrides: List[str],
                   sweep_dir: str) -> str:
-    parent = client.create_run(
-        exp_id, run_name=short_name(store.redact(f"sweep {' '.join(overrides) or '(defaults)'}")),
-        tags={tags.SWEEP_DIR: sweep_dir, tags.ROLE: tags.ROLE_SWEEP,
-              tags.SWEEP_KEY: sweep_key(overrides),
-              tags.OVERRIDES: store.redact(" ".join(overrides)),
-              tags.HEARTBEAT: str(int(time.time())), tags.PROCESS: resume.this_process(),
-              **codeversion.version_tags()})
+    parent = store.create_run_once(
+        client, exp_id,
+        {tags.SWEEP_DIR: sweep_dir, tags.ROLE: tags.ROLE_SWEEP,
+         tags.SWEEP_KEY: sweep_key(overrides), tags.OVERRIDES: store.redact(" ".join(overrides)),
+         tags.HEARTBEAT: str(int(time.time())), tags.PROCESS: resume.this_process(),
+         tags.RUN_KEY: uuid.uuid4().hex, **codeversion.version_tags()},
+        short_name(store.redact(f"sweep {' '.join(overrides) or '(defaults)'}")))
     return parent.info.run_id
 
 

@@ -19,6 +19,9 @@ OVERRIDES = "sweeplab.overrides"  # the job's command-line overrides (credential
 TASK = "sweeplab.task"  # image_classification | language_model
 CONFIG_HASH = "sweeplab.config_hash"  # the resolved config's hash: what resume matches on
 PROCESS = "sweeplab.process"  # host:pid:start-time of the process writing the run
+# A random key made before the run is created: a create request retried after an answer was
+# lost (a server killed mid-request) finds the run it made instead of making a second one.
+RUN_KEY = "sweeplab.run_key"
 HEARTBEAT = "sweeplab.heartbeat"  # unix seconds, refreshed while the run's process lives
 ERROR = "sweeplab.error"  # one line: why a run FAILED
 LOST_ERROR_PREFIX = "lost:"  # starts ERROR on a run marked lost (`sweeplab sync` undoes it)

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import time
 import traceback
+import uuid
 from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -144,7 +145,8 @@ class TrackedRun:
         run_tags = {tags.OVERRIDES: store.redact(" ".join(overrides)) or "(none)",
                     tags.OUTCOME: tags.OUTCOME_RUNNING, tags.CONFIG_HASH: config_hash(self.cfg),
                     tags.REPLICATE: replicate_hash(self.cfg),
-                    tags.HEARTBEAT: str(int(time.time())), **codeversion.version_tags(),
+                    tags.HEARTBEAT: str(int(time.time())), tags.RUN_KEY: uuid.uuid4().hex,
+                    **codeversion.version_tags(),
                     **self.task_tags, **(self.job.extra_tags or {})}
         if self.job.parent_run_id:
             run_tags[tags.PARENT_RUN] = self.job.parent_run_id
@@ -180,7 +182,7 @@ class TrackedRun:
             try:
                 self.client = store.open_client(uri)
                 exp_id = experiment_id(self.client, self.cfg.mlflow, uri)
-                run = self.client.create_run(exp_id, run_name=self.name, tags=run_tags)
+                run = store.create_run_once(self.client, exp_id, run_tags, self.name)
                 self.run_id = run.info.run_id
                 return None
             except Exception as err:
