@@ -34,6 +34,7 @@ PASSWORD = "bench-" + secrets.token_hex(8)
 
 def start_server(folder, port):
     env = dict(runner_env(), MLFLOW_AUTH_ADMIN_PASSWORD=PASSWORD)
+    os.makedirs(folder, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "runner", "server", "--dir", folder,
                              "--port", str(port)], cwd=folder, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
