@@ -48,26 +48,30 @@ class JobFileHandler(logging.FileHandler):
             super().emit(record)
 
     def handleError(self, record: logging.LogRecord) -> None:
-        err = sys.exc_info()[1]
-        if isinstance(err, OSError) and err.errno in FULL_ERRNOS:
-            _write_errors.setdefault(self.baseFilename,
-                                     OSError(err.errno, os.strerror(err.errno), self.baseFilename))
-        else:
+        if not self._kept(sys.exc_info()[1]):
             super().handleError(record)
 
     def flush(self) -> None:
         try:
             super().flush()
-        except OSError as err:  # lines buffered before the disk filled: they are lost too
-            if err.errno not in FULL_ERRNOS:
+        except OSError as err:  # lines buffered before the disk filled are lost too
+            if not self._kept(err):
                 raise
 
     def close(self) -> None:
         try:
             super().close()
         except OSError as err:
-            if err.errno not in FULL_ERRNOS:
+            if not self._kept(err):
                 raise
+
+    def _kept(self, err: Optional[BaseException]) -> bool:
+        """A full disk: kept as the file's error (its first), True; anything else False."""
+        if not isinstance(err, OSError) or err.errno not in FULL_ERRNOS:
+            return False
+        _write_errors.setdefault(self.baseFilename,
+                                 OSError(err.errno, os.strerror(err.errno), self.baseFilename))
+        return True
 
 
 def write_error(log_file: Optional[str]) -> Optional[OSError]:
