@@ -5,9 +5,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 CLUSTER_STAMP := $(VENV)/.cluster-installed-stamp
 UI_TEST_STAMP := $(VENV)/.ui-test-installed-stamp
+SERVER_STAMP := $(VENV)/.server-installed-stamp
 UI_PORT ?= 5000
 
-.PHONY: setup run test test-slow test-all test-cluster test-ui ui bench bench-sweep sweep data clean
+.PHONY: setup run test test-slow test-all test-cluster test-ui test-server ui bench bench-sweep \
+	bench-server sweep data clean
 
 # Recreated whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -65,6 +67,21 @@ test-ui: $(UI_TEST_STAMP)
 	  { sudo apt-get update && sudo apt-get install -y chromium chromium-driver; }
 	$(PY) -m pytest -q -m browser
 
+# `sweeplab server` for real (tests/test_server.py, marker `server`): Debian's PostgreSQL and
+# `mlflow server --app-name basic-auth` on 127.0.0.1; passwords, permissions, redaction, direct
+# postgresql+psycopg:// stores, and 4 sweeps at once (60 jobs, >= 200,000 metric values) while
+# mlflow is SIGKILLed and PostgreSQL restarted. PostgreSQL comes from Debian (root or sudo), the
+# driver and basic-auth's Flask-WTF from the .[postgres] extra. About 8 min on 2 cores.
+$(SERVER_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,postgres]"
+	touch $(SERVER_STAMP)
+
+test-server: $(SERVER_STAMP)
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { apt-get update && apt-get install -y postgresql; } || \
+	  { sudo apt-get update && sudo apt-get install -y postgresql; }
+	$(PY) -m pytest -q -m server
+
 # MLflow UI on the project's tracking store, local only. First prints the direct links to the
 # newest sweep (MLflow 3 would otherwise open the experiment on its GenAI overview).
 ui: setup
@@ -84,6 +101,11 @@ bench: setup
 # quick run.
 bench-sweep: setup
 	$(PY) benchmarks/bench_sweep.py $(BENCH_SWEEP_ARGS)
+
+# The S16 sweep into sqlite and into `sweeplab server` side by side, and metric values per
+# second for sqlite, the server and PostgreSQL directly (needs what `make test-server` installs).
+bench-server: $(SERVER_STAMP)
+	$(PY) benchmarks/bench_server.py $(BENCH_SERVER_ARGS)
 
 # Optional: full Fashion-MNIST from Debian (needs root/sudo and apt).
 data:

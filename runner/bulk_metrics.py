@@ -27,7 +27,8 @@ them only for a metric with a model id, or with an active model; sweeplab sets n
 
 By design, not as a fallback: a tracking server (REST store), a file store and SQL dialects
 other than sqlite and PostgreSQL go through `MlflowClient.log_batch`, which is always right,
-only slower. The fast path is tested on sqlite; on PostgreSQL it is the same SQLAlchemy code.
+only slower. The fast path is tested on sqlite (tests/test_tracking_bulk.py) and on PostgreSQL
+(tests/test_server.py, `make test-server`).
 """
 import logging
 from typing import List, Optional, Sequence

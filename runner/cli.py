@@ -1,10 +1,10 @@
 """Command line: `python -m runner` / `sweeplab`. Hydra parses overrides and sweeps.
 
-`sweeplab report ...`, `sweeplab sync ...` and `sweeplab resume ...` are subcommands
-(SUBCOMMANDS); anything else is the Hydra app, whose task function runs one job through its
-lifecycle (runner/jobs.py: accept, train, conclude). A single run exits with the job's code
-(2 a rejected value, 1 a failure); in a sweep a job never raises into Hydra and the sweep
-reports at its end (runner/sweep.py).
+`sweeplab report ...`, `sweeplab sync ...`, `sweeplab resume ...` and `sweeplab server ...` are
+subcommands (SUBCOMMANDS); anything else is the Hydra app, whose task function runs one job
+through its lifecycle (runner/jobs.py: accept, train, conclude). A single run exits with the
+job's code (2 a rejected value, 1 a failure); in a sweep a job never raises into Hydra and the
+sweep reports at its end (runner/sweep.py).
 """
 import os
 import sys
@@ -71,6 +71,12 @@ def resume(argv) -> int:
     return run_app()
 
 
+def server(argv) -> int:
+    from runner import server as team_server  # PostgreSQL + mlflow: only for this subcommand
+
+    return team_server.main(argv)
+
+
 def report(argv) -> int:
     from runner import report as sweep_report  # matplotlib and rich only for this subcommand
 
@@ -78,7 +84,7 @@ def report(argv) -> int:
 
 
 # `sweeplab <name> ...`: each takes the remaining arguments and returns an exit code.
-SUBCOMMANDS = {"report": report, "sync": sync.main, "resume": resume}
+SUBCOMMANDS = {"report": report, "sync": sync.main, "resume": resume, "server": server}
 
 
 def main() -> None:

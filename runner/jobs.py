@@ -223,7 +223,7 @@ def _record_failure(cfg, context: JobContext, err: BaseException) -> str:
 def conclude(job: Job, result: Result, in_sweep: bool) -> Concluded:
     """The job's return value and exit code from its result; its one line on stderr."""
     if isinstance(result, Rejected):
-        print(f"sweeplab: error: {result.message}", file=sys.stderr, flush=True)
+        print(f"sweeplab: error: {store.redact(result.message)}", file=sys.stderr, flush=True)
         if in_sweep and job.context.output_dir:  # the sweep exits 2 at its end
             sweep.mark_rejected(job.context.output_dir, result.message)
         return Concluded(math.nan, 2)

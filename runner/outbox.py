@@ -57,7 +57,7 @@ def one_line(err: BaseException) -> str:
     text = " ".join(text.split())
     if len(text) > 300:
         text = text[:297] + "..."
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return store.redact(f"{type(err).__name__}: {text}" if text else type(err).__name__)
 
 
 def apply(client: "MlflowClient", run_id: Optional[str], op: dict,
@@ -207,7 +207,8 @@ class Outbox:
             return
         self.lost = journal_err
         where = self.journal_path or os.path.join(self.journal_dir, f"{JOURNAL_STEM}.jsonl")
-        store_part = (f"mlflow.tracking_uri {self.header['tracking_uri']}: {one_line(store_err)}"
+        shown = store.redact(self.header["tracking_uri"])
+        store_part = (f"mlflow.tracking_uri {shown}: {one_line(store_err)}"
                       f"; " if store_err is not None else "")
         print(f"sweeplab: error: run {self.header.get('run_name')}: {store_part}cannot save its "
               f"writes in {where} either ({one_line(journal_err)}): they are lost; free space "
@@ -230,7 +231,9 @@ class Outbox:
                     path = os.path.join(self.journal_dir, f"{JOURNAL_STEM}-{n}.jsonl")
             try:
                 with os.fdopen(fd, "w") as f:
-                    f.write(json.dumps({**self.header, "run_id": self.run_id}) + "\n")
+                    header = {**self.header, "run_id": self.run_id,
+                              "tracking_uri": store.redact(self.header["tracking_uri"])}
+                    f.write(json.dumps(header) + "\n")
             except OSError:
                 os.remove(path)  # a journal without its header could not be replayed
                 raise
@@ -277,6 +280,12 @@ def read_journal(path: str) -> Tuple[dict, list]:
     return header, ops
 
 
+def journal_uri(uri: str) -> str:
+    """The store a journal names: saved with its password redacted, so it is replayed with the
+    password taken from MLflow's variables (a server) or PGPASSWORD / ~/.pgpass (PostgreSQL)."""
+    return store.without_password(uri) if store.REDACTED in uri else uri
+
+
 def replay(path: str, uri: Optional[str] = None) -> Tuple[str, int]:
     """Apply a journal to its store (or to `uri`); returns (run id, ops applied now).
 
@@ -289,7 +298,7 @@ def replay(path: str, uri: Optional[str] = None) -> Tuple[str, int]:
     if os.path.exists(progress_path):
         with open(progress_path) as f:
             progress = json.load(f)
-    client = store.open_client(uri or header["tracking_uri"])
+    client = store.open_client(uri or journal_uri(header["tracking_uri"]))
     run_id, start = progress["run_id"], progress["done"]
     base_dir = os.path.dirname(os.path.abspath(path))
     for index in range(start, len(ops)):

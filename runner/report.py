@@ -355,7 +355,8 @@ def find_sweep(client: MlflowClient, sweep: Optional[str], uri: str) -> Run:
     if not sweep:
         run = _newest(client, f"tags.`{tags.ROLE}` = '{tags.ROLE_SWEEP}'")
         if run is None:
-            raise ConfigError(f"SWEEP: no sweep in {uri}; run one (sweeplab -m ...) or pass "
+            raise ConfigError(f"SWEEP: no sweep in {store.redact(uri)}; run one (sweeplab -m "
+                              f"...) or pass "
                               f"--tracking-uri URI")
         return run
     if os.sep in sweep or os.path.isdir(sweep):
@@ -363,12 +364,14 @@ def find_sweep(client: MlflowClient, sweep: Optional[str], uri: str) -> Run:
             run = _newest(client, f"tags.`{tags.SWEEP_DIR}` = '{folder}'")
             if run is not None:
                 return run
-        raise ConfigError(f"SWEEP: no sweep ran in {os.path.abspath(sweep)} (store {uri}); "
+        raise ConfigError(f"SWEEP: no sweep ran in {os.path.abspath(sweep)} "
+                          f"(store {store.redact(uri)}); "
                           f"give a sweep dir such as outputs/sweeps/<date>/<time>, or a run id")
     try:
         run = client.get_run(sweep)
     except MlflowException:
-        raise ConfigError(f"SWEEP: no run {sweep!r} in {uri}; give a sweep's parent run id, "
+        raise ConfigError(f"SWEEP: no run {sweep!r} in {store.redact(uri)}; give a sweep's "
+                          f"parent run id, "
                           f"its sweep dir, or nothing for the newest sweep") from None
     parent = run.data.tags.get(tags.PARENT_RUN)
     if run.data.tags.get(tags.ROLE) != tags.ROLE_SWEEP and parent:
@@ -378,7 +381,8 @@ def find_sweep(client: MlflowClient, sweep: Optional[str], uri: str) -> Run:
 
 def ui_url(uri: str, run: Run) -> str:
     """The parent run's page in the MLflow UI: the server itself, or `make ui` locally."""
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else LOCAL_UI
+    # No user or password in a link: the browser asks for the login itself.
+    base = store.base_url(uri) if uri.startswith(("http://", "https://")) else LOCAL_UI
     return (f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
             f"{MODEL_TRAINING}")
 
@@ -399,9 +403,9 @@ def newest_sweep_links(uri: str, ui: str = LOCAL_UI) -> List[str]:
                          f"tags.`{tags.ROLE}` = '{tags.ROLE_SWEEP}'")
     except (MlflowException, SQLAlchemyError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        return [f"No sweep links: the store {uri} failed to open ({first})."]
+        return [f"No sweep links: the store {store.redact(uri)} failed to open ({first})."]
     if parent is None:
-        return [f"No sweep yet in {uri} (`make run` or `sweeplab -m ...` runs one)."]
+        return [f"No sweep yet in {store.redact(uri)} (`make run` or `sweeplab -m ...` runs one)."]
     experiment = f"{ui.rstrip('/')}/#/experiments/{parent.info.experiment_id}"
     run_page = f"{experiment}/runs/{parent.info.run_id}"
     return [f"Newest sweep: {parent.info.run_name}",
@@ -486,7 +490,8 @@ def main(argv: Sequence[str]) -> int:
         return 2
     except (MlflowException, SQLAlchemyError) as err:  # a store that opens but fails
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-        print(f"sweeplab: error: {source}: the MLflow store {uri} failed: {first}; point "
+        print(f"sweeplab: error: {source}: the MLflow store {store.redact(uri)} failed: "
+              f"{first}; point "
               f"--tracking-uri at a working store", file=sys.stderr, flush=True)
         return 2
     # Piped into a file or CI log, rich would assume 80 columns and cut the table's cells.
@@ -506,6 +511,7 @@ def main(argv: Sequence[str]) -> int:
                           soft_wrap=True)
     console.print(f"MLflow UI: {ui_url(uri, parent)}", highlight=False, soft_wrap=True)
     if not uri.startswith(("http://", "https://")):
-        hint = "make ui" if uri == store.default_uri() else f"mlflow ui --backend-store-uri {uri}"
+        hint = ("make ui" if uri == store.default_uri()
+                else f"mlflow ui --backend-store-uri {store.redact(uri)}")
         console.print(f"           (start the UI with: {hint})", highlight=False, soft_wrap=True)
     return 0

@@ -21,7 +21,7 @@ import time
 from typing import TYPE_CHECKING, Iterable, List, Optional, Tuple
 
 from runner import codeversion, store, tags
-from runner.outbox import one_line
+from runner.outbox import journal_uri, one_line
 from runner.tasks import spec_of_run
 from runner.tracking import JobContext, config_hash, tracking_uri
 
@@ -199,7 +199,7 @@ def resume_overrides(argv: List[str]) -> Tuple[Optional[List[str]], int]:
     uri = store.resolve(given[-1] if given else None)[0]
     try:
         sweep_dir, saved = _find_sweep(args.sweep, uri)
-        uri = saved["tracking_uri"]
+        uri = journal_uri(saved["tracking_uri"])
         client = store.open_client(uri)
         parent = client.get_run(saved["parent_run_id"])
         close_dead_runs(client, [parent.info.experiment_id])

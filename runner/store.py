@@ -9,8 +9,12 @@ and closing runs whose process died.
   written (a run, a sweep) must be creatable and writable; a store about to be read (a
   report) must exist and is never created. A server must answer /health. Each failure is one
   `ConfigError` line naming the option (or variable) that chose the store, and a fix.
-- `open_client` creates or migrates a fresh sqlite store under a file lock beside the database,
-  so two sweeps (or runs) started together never race through MLflow's schema migration.
+- `open_client` creates or migrates a fresh sqlite store under a file lock beside the database
+  (a PostgreSQL database: under an advisory lock), so two sweeps (or runs) started together
+  never race through MLflow's schema migration.
+- `redact`: credentials in a URI (`scheme://user:password@`, `password=...`) as `***`; used
+  everywhere a URI is written (params, tags, artifacts, one-line errors) and, through a log
+  record factory installed when this module loads, on every log line of the process.
 - `mark_lost_runs`: a run refreshes its heartbeat tag while its process lives; a RUNNING run
   whose heartbeat is older than `lost_after_seconds()` (default 10 min) died without closing
   (SIGKILL, OOM killer, lost machine) and is marked FAILED with `outcome=lost`.
@@ -18,10 +22,13 @@ and closing runs whose process died.
 MLflow is imported inside the functions that talk to the store, not at the top: the CLI
 imports this module, and `sweeplab --help` must print without loading MLflow (about 1 s).
 """
+import base64
 import contextlib
 import errno
+import json
 import logging
 import os
+import re
 import threading
 import time
 import urllib.error
@@ -55,6 +62,7 @@ OPTION = "mlflow.tracking_uri"  # the config key that names the store
 ENV_URI = "MLFLOW_TRACKING_URI"  # MLflow's own variable: the store when no option names one
 DEFAULT_DB = os.path.join("outputs", "mlflow.db")  # under the working directory
 CHECK_SECONDS = 3.0  # how long the server check waits for an answer
+SCHEMA_LOCK_KEY = 0x5357_4545_504C  # "SWEEPL": PostgreSQL advisory lock around schema set-up
 
 # MLflow error codes that retrying cannot fix (a bad request, not an unreachable store).
 PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS",
@@ -76,6 +84,108 @@ def heartbeat_seconds() -> float:
 
 def lost_after_seconds() -> float:
     return seconds_setting("SWEEPLAB_LOST_AFTER_SECONDS", 600.0)
+
+
+# ---------------------------------------------------------------- secrets
+
+USERNAME_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"  # MLflow's
+REDACTED = "***"
+# scheme://user:password@ (Hydra's launchers print overrides with ':' escaped as '\:').
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*\\?://)(?P<user>[^/@\s:'\"\\]*)"
+                       r"(?P<sep>\\?:)(?P<password>[^/@\s'\"]*)@")
+_PASSWORD_PARAM = re.compile(r"(?P<key>\bpassword=)(?P<password>[^&\s'\"]+)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with every password in a URI replaced by ***: `postgresql+psycopg://u:***@db/x`,
+    `http://u:***@host:5000`, `...?password=***`. The one rule, wherever a URI is written."""
+    if not isinstance(text, str) or ("@" not in text and "assword=" not in text.lower()):
+        return text
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}{m['sep']}{REDACTED}@", text)
+    return _PASSWORD_PARAM.sub(lambda m: f"{m['key']}{REDACTED}", text)
+
+
+def without_password(uri: str) -> str:
+    """`uri` with its password taken out (userinfo `user@`, no password= parameter): the
+    client then uses MLflow's variables (a server) or PGPASSWORD / ~/.pgpass (PostgreSQL)."""
+    uri = _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}@", uri)
+    uri = re.sub(r"(?<=[?&])password=[^&]*&?", "", uri, flags=re.IGNORECASE)
+    return uri.rstrip("?&")
+
+
+def _install_log_redaction() -> None:
+    """Every log record of this process (sweeplab's, Hydra's launcher lines, MLflow's) has its
+    message redacted when it is made: no handler, file or terminal sees a password."""
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "sweeplab_redacts", False):
+        return
+
+    def factory(*args, **kwargs):
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: the handler reports it as it always does
+            return record
+        clean = redact(message)
+        if clean is not message and clean != message:
+            record.msg, record.args = clean, None
+        return record
+
+    factory.sweeplab_redacts = True
+    logging.setLogRecordFactory(factory)
+
+
+_install_log_redaction()
+
+
+def server_credentials(uri: str) -> Tuple[Optional[str], Optional[str]]:
+    """(username, password) a client sends to the server at `uri`: MLflow's variables, else
+    the URI's own userinfo."""
+    if os.environ.get(USERNAME_ENV) or os.environ.get(PASSWORD_ENV):
+        return os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV)
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.username is not None:
+        return (urllib.parse.unquote(parsed.username),
+                urllib.parse.unquote(parsed.password or ""))
+    return None, None
+
+
+def base_url(uri: str) -> str:
+    """A server's URL without user or password (urllib does not take them; links must not
+    show them)."""
+    parsed = urllib.parse.urlsplit(uri)
+    host = parsed.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parsed.port}" if parsed.port else "")
+    return urllib.parse.urlunsplit((parsed.scheme, netloc, parsed.path, "", "")).rstrip("/")
+
+
+class AccessDenied(ConfigError):
+    """The store refused this user (no login, or no permission on the experiment): one line,
+    like a bad option, rather than a FAILED run it may not write either."""
+
+
+def login_error(uri: str, source: str, user: Optional[str]) -> ConfigError:
+    """The one line for a server that refused the client's login (HTTP 401)."""
+    shown = redact(uri)
+    if not user:
+        return ConfigError(f"{source}: the MLflow server at {shown} needs a login; set "
+                           f"{USERNAME_ENV} and {PASSWORD_ENV} (your account on that server)")
+    return ConfigError(f"{source}: the MLflow server at {shown} refused user {user!r}: wrong "
+                       f"{USERNAME_ENV} or {PASSWORD_ENV}")
+
+
+def permission_error(err: BaseException, uri: str, experiment: str) -> Optional[str]:
+    """The one line for a store that refused a write for want of permission; None if `err` is
+    something else."""
+    code = getattr(err, "error_code", "")
+    if code not in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        return None
+    user = server_credentials(uri)[0] or "(no user)"
+    if code == "UNAUTHENTICATED":
+        return str(login_error(uri, OPTION, server_credentials(uri)[0]))
+    return (f"{OPTION}: user {user!r} may not write to experiment {experiment!r} on "
+            f"{redact(uri)}; ask an admin of that server to grant it EDIT (docs/team.md), or "
+            f"use another experiment: mlflow.experiment_name=NAME")
 
 
 # ---------------------------------------------------------------- where the store is
@@ -172,18 +282,43 @@ def _writable_folder(folder: str, source: str) -> None:
 
 
 def check_server(uri: str, source: str = OPTION, timeout: float = CHECK_SECONDS) -> None:
-    """One quick request to the server's /health: answers at all, and not with a 5xx."""
+    """Quick requests to the server: /health answers at all, and not with a 5xx; then, on a
+    server with logins (basic-auth), the client's credentials are accepted."""
+    base = base_url(uri)
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
-            return
+        with urllib.request.urlopen(base + "/health", timeout=timeout):
+            pass
     except urllib.error.HTTPError as err:
-        if err.code < 500:  # answers (a proxy may not route /health): reachable
-            return
-        reason = f"HTTP {err.code} {err.reason}"
+        if err.code >= 500:
+            _unreachable(uri, source, f"HTTP {err.code} {err.reason}")
+        # else it answers (a proxy may not route /health): reachable
     except (urllib.error.URLError, OSError) as err:
-        reason = str(getattr(err, "reason", err)) or type(err).__name__
-    raise ConfigError(f"{source}: no MLflow server answers at {uri} ({reason}); start it "
-                      f"(mlflow server --host 127.0.0.1 --port 5000) or {_fix(source)}")
+        _unreachable(uri, source, str(getattr(err, "reason", err)) or type(err).__name__)
+    check_login(uri, source, timeout)
+
+
+def _unreachable(uri: str, source: str, reason: str) -> None:
+    raise ConfigError(f"{source}: no MLflow server answers at {redact(uri)} ({reason}); start "
+                      f"it (sweeplab server --dir DIR, or mlflow server --host 127.0.0.1 --port "
+                      f"5000) or {_fix(source)}")
+
+
+def check_login(uri: str, source: str = OPTION, timeout: float = CHECK_SECONDS) -> None:
+    """On a server with logins, the client's user and password are accepted (MLflow's
+    basic-auth answers /users/current; a server without logins answers 404)."""
+    user, password = server_credentials(uri)
+    request = urllib.request.Request(base_url(uri) + "/api/2.0/mlflow/users/current")
+    if user is not None:
+        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            json.load(answer)
+    except urllib.error.HTTPError as err:
+        if err.code == 401:
+            raise login_error(uri, source, user) from None
+    except (urllib.error.URLError, OSError, ValueError):
+        pass  # the /health check passed: the store's own requests say what is wrong
 
 
 def check(uri: str, source: str = OPTION, write: bool = True,
@@ -197,6 +332,8 @@ def check(uri: str, source: str = OPTION, write: bool = True,
     path = local_path(uri)
     if uri.startswith(("http://", "https://")):
         check_server(uri, source)
+    elif is_postgres(uri):
+        check_postgres(uri, source)
     elif path and not write:
         if not os.path.exists(path):
             raise ConfigError(f"{source}: no MLflow store at {path}; run a sweep first "
@@ -210,6 +347,60 @@ def check(uri: str, source: str = OPTION, write: bool = True,
         _writable_folder(path, source)
     if artifact_location and write:
         _writable_folder(os.path.abspath(artifact_location), source)
+
+
+def is_postgres(uri: str) -> bool:
+    return uri.startswith(("postgresql:", "postgresql+", "postgres:"))
+
+
+def _engine(uri: str, source: str, **connect_args):
+    """A SQLAlchemy engine without a pool, for one-off connections; a missing driver is a
+    one-line ConfigError."""
+    import sqlalchemy  # lazy: see the module's docstring
+    from sqlalchemy.pool import NullPool
+
+    try:
+        return sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args=connect_args)
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError, sqlalchemy.exc.ArgumentError) as err:
+        raise ConfigError(f"{source}: cannot use {redact(uri)} ({type(err).__name__}: "
+                          f"{redact(str(err).splitlines()[0])}); the PostgreSQL driver is the "
+                          f".[postgres] extra: pip install 'sweeplab[postgres]' (psycopg 3, "
+                          f"URIs postgresql+psycopg://USER@HOST/DB)") from None
+
+
+def check_postgres(uri: str, source: str = OPTION, timeout: float = CHECK_SECONDS) -> None:
+    """The driver loads and the database accepts a connection, within `timeout` s."""
+    engine = _engine(uri, source, connect_timeout=max(1, int(timeout)))
+    try:
+        with engine.connect():
+            pass
+    except Exception as err:
+        reason = " ".join(redact(str(getattr(err, "orig", None) or err)).split())[:300]
+        raise ConfigError(f"{source}: PostgreSQL at {redact(uri)} does not accept a connection "
+                          f"({reason}); start it or fix the URI (a password goes in PGPASSWORD "
+                          f"or ~/.pgpass)") from None
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def postgres_lock(uri: str):
+    """A PostgreSQL advisory lock (session-level, held on its own connection): one process at
+    a time creates or migrates the schema of that database."""
+    from sqlalchemy import text  # lazy: see the module's docstring
+
+    engine = _engine(uri, OPTION)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                conn.commit()
+    finally:
+        engine.dispose()
 
 
 def check_store(cfg) -> None:
@@ -237,7 +428,8 @@ def store_lock(db_path: str):
 
 
 def open_client(uri: str) -> "MlflowClient":
-    """An MlflowClient whose store is set up; a fresh sqlite db is created under the lock.
+    """An MlflowClient whose store is set up; a fresh sqlite db (a file lock) or PostgreSQL
+    database (an advisory lock) is created under a lock.
 
     MLflow builds (and on an empty db, creates and migrates) the store object when a client
     is made and caches it per process; making it under the lock means no second process can
@@ -246,10 +438,18 @@ def open_client(uri: str) -> "MlflowClient":
     from mlflow.tracking import MlflowClient  # lazy: see the module's docstring
 
     quiet_mlflow_sql_errors()
+    if redact(uri) != uri:
+        # MLflow prints "View run ... at: <the URI>" on stdout (not a log record) when a run
+        # ends: with a password in the URI, not at all.
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     path = sqlite_path(uri)
-    if not path:
+    if is_postgres(uri):
+        lock = postgres_lock(uri)
+    elif path:
+        lock = store_lock(path)
+    else:
         return MlflowClient(tracking_uri=uri)
-    with store_lock(path):
+    with lock:
         client = MlflowClient(tracking_uri=uri)
         client._tracking_client.store  # noqa: B018  built, created and migrated by now
     return client

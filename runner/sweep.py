@@ -40,7 +40,7 @@ from runner import codeversion, progress, resume, signals, store, tags
 from runner.config import ConfigError
 from runner.outbox import one_line
 from runner.tasks import spec_for
-from runner.tracking import experiment_id, tracking_uri
+from runner.tracking import experiment_id, short_name, tracking_uri
 
 if TYPE_CHECKING:  # MLflow loads when the sweep starts, not when `--help` imports this module
     from mlflow.tracking import MlflowClient
@@ -123,16 +123,17 @@ def finished_there(client: MlflowClient, parent, given: Optional[str], jobs: Opt
 def fail(message: str) -> None:
     """Stop the sweep before any job runs: one line, exit 2 (Hydra would turn an exception
     in a callback into a warning and run the jobs without their parent)."""
-    print(f"sweeplab: error: {message}", file=sys.stderr, flush=True)
+    print(f"sweeplab: error: {store.redact(message)}", file=sys.stderr, flush=True)
     sys.exit(2)
 
 
 def create_parent(client: MlflowClient, exp_id: str, overrides: List[str],
                   sweep_dir: str) -> str:
     parent = client.create_run(
-        exp_id, run_name=f"sweep {' '.join(overrides) or '(defaults)'}",
+        exp_id, run_name=short_name(store.redact(f"sweep {' '.join(overrides) or '(defaults)'}")),
         tags={tags.SWEEP_DIR: sweep_dir, tags.ROLE: tags.ROLE_SWEEP,
-              tags.SWEEP_KEY: sweep_key(overrides), tags.OVERRIDES: " ".join(overrides),
+              tags.SWEEP_KEY: sweep_key(overrides),
+              tags.OVERRIDES: store.redact(" ".join(overrides)),
               tags.HEARTBEAT: str(int(time.time())), tags.PROCESS: resume.this_process(),
               **codeversion.version_tags()})
     return parent.info.run_id
@@ -200,15 +201,18 @@ class SweepCallback(Callback):
         except ConfigError as err:
             fail(str(err))
         except Exception as err:
-            fail(f"mlflow.tracking_uri: could not set up the sweep's parent run in {uri} "
+            fail(store.permission_error(err, uri, config.mlflow.experiment_name) or
+                 f"mlflow.tracking_uri: could not set up the sweep's parent run in {uri} "
                  f"({one_line(err)}); check that store, or use another one, e.g. "
                  f"mlflow.tracking_uri=sqlite:///{os.path.abspath('outputs/mlflow.db')}")
         _open_sweep = OpenSweep(client, uri, parent_id, sweep_dir,
                                 config.report.metric or spec_for(config.model).ranking)
         clear_rejections(sweep_dir)
         resume.save_sweep_file(sweep_dir, {
-            "parent_run_id": parent_id, "tracking_uri": uri,
-            "experiment_name": config.mlflow.experiment_name, "task_overrides": overrides,
+            # Redacted: `sweeplab resume` takes the password from the environment again.
+            "parent_run_id": parent_id, "tracking_uri": store.redact(uri),
+            "experiment_name": config.mlflow.experiment_name,
+            "task_overrides": [store.redact(o) for o in overrides],
             "hydra_overrides": [o for o in config.hydra.overrides.hydra
                                 if not o.startswith("hydra.sweep.dir=")]})
         with read_write(config.hydra), open_dict(config.hydra):
@@ -221,7 +225,7 @@ class SweepCallback(Callback):
             f"++hydra.job.env_set.{ENV_SWEEP_OVERRIDES}="
             f"{_quoted(json.dumps(common_overrides(overrides)))}",
         ])
-        log.info("MLflow sweep run %s in %s", parent_id, uri)
+        log.info("MLflow sweep run %s in %s", parent_id, store.redact(uri))
         progress.reporter().sweep_started(count_jobs(config))
 
     def on_multirun_end(self, config, **kwargs) -> None:
@@ -231,7 +235,8 @@ class SweepCallback(Callback):
             outcome = sweep.close()
         except Exception as err:  # the store went away: `sweeplab sync` closes it later
             save_pending_close(sweep.sweep_dir, sweep.parent_id, sweep.uri, signals.received())
-            print(f"sweeplab: error: mlflow.tracking_uri {sweep.uri}: could not close the "
+            print(f"sweeplab: error: mlflow.tracking_uri {store.redact(sweep.uri)}: could not "
+                  f"close the "
                   f"sweep run {sweep.parent_id} ({one_line(err)}); once the store is back, "
                   f"sweeplab sync {sweep.sweep_dir} uploads what the jobs saved and closes it",
                   file=sys.stderr, flush=True)
@@ -374,7 +379,7 @@ def clear_rejections(sweep_dir: str) -> None:
 def save_pending_close(sweep_dir: str, parent_id: str, uri: str, signum: Optional[int]) -> None:
     """The parent could not be closed (store unreachable): `sweeplab sync` does it later."""
     with open(os.path.join(sweep_dir, PENDING_CLOSE), "w") as f:
-        json.dump({"parent_run_id": parent_id, "tracking_uri": uri,
+        json.dump({"parent_run_id": parent_id, "tracking_uri": store.redact(uri),
                    "status": "KILLED" if signum else None}, f)
 
 

@@ -77,7 +77,7 @@ def close_pending_sweep(sweep_dir: str, uri: Optional[str] = None) -> bool:
     with open(path) as f:
         pending = json.load(f)
     try:
-        client = store.open_client(uri or pending["tracking_uri"])
+        client = store.open_client(uri or outbox.journal_uri(pending["tracking_uri"]))
         outcome = close_parent(client, pending["parent_run_id"], pending["status"])
     except Exception as err:
         print(f"sweeplab: error: sync {sweep_dir}: closing sweep run {pending['parent_run_id']}:"

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 MAX_PARAMS_PER_BATCH = 100
+MAX_RUN_NAME = 250  # MLflow's runs.name column
 FLUSH_SECONDS = 5.0  # metrics reach the store at least this often, so the UI shows progress
 CREATE_RETRY_SECONDS = 10.0  # creating the run is retried this long, then the run goes offline
 RECORDED_ATTR = "sweeplab_run_id"  # set on an exception once a run recorded it
@@ -76,7 +77,13 @@ def run_name(overrides: List[str], common: List[str] = ()) -> str:
     shown = [o.lstrip("+~").replace("optimizer.lr=", "lr=") for o in overrides
              if o not in common and not o.startswith(("experiment=", "mlflow.", "hydra"))]
     experiment = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
-    return ",".join(shown) or (experiment[0] if experiment else "run")
+    return short_name(",".join(shown) or (experiment[0] if experiment else "run"))
+
+
+def short_name(name: str) -> str:
+    """A run name MLflow's tables take: PostgreSQL enforces the column's 250 characters
+    (sqlite does not, so a long name used to pass there only)."""
+    return name if len(name) <= MAX_RUN_NAME else name[:MAX_RUN_NAME - 3] + "..."
 
 
 def config_hash(cfg) -> str:
@@ -135,7 +142,7 @@ class TrackedRun:
         uri = self.job.tracking_uri or tracking_uri(self.cfg.mlflow)
         self.staging = tempfile.mkdtemp(prefix="sweeplab-run-")
         overrides = list(self.job.overrides)
-        run_tags = {tags.OVERRIDES: " ".join(overrides) or "(none)",
+        run_tags = {tags.OVERRIDES: store.redact(" ".join(overrides)) or "(none)",
                     tags.OUTCOME: tags.OUTCOME_RUNNING, tags.CONFIG_HASH: config_hash(self.cfg),
                     tags.REPLICATE: replicate_hash(self.cfg),
                     tags.HEARTBEAT: str(int(time.time())), **codeversion.version_tags(),
@@ -154,16 +161,17 @@ class TrackedRun:
                              "artifact_location": header["artifact_location"],
                              "run_name": self.name, "tags": run_tags,
                              "start_time": int(time.time() * 1000)})
-        params = [[k, v[:6000]] for k, v in
+        # Every value redacted: a password in any URI never reaches the store.
+        params = [[k, store.redact(v)[:6000]] for k, v in
                   flatten(OmegaConf.to_container(self.cfg, resolve=True)).items()]
         for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
             self.outbox.put({"op": "log_batch", "params": params[i:i + MAX_PARAMS_PER_BATCH]})
-        self.log_text(OmegaConf.to_yaml(self.cfg, resolve=True), "config.yaml")
-        self.log_text("\n".join(overrides) + "\n", "overrides.txt")
+        self.log_text(store.redact(OmegaConf.to_yaml(self.cfg, resolve=True)), "config.yaml")
+        self.log_text(store.redact("\n".join(overrides) + "\n"), "overrides.txt")
         if self.run_id:
             # The job's own logger: with several jobs in one process, the line is this job's.
             logging.getLogger(self.job.logger_name or __name__).info(
-                "MLflow run %s (%s) in %s", self.name, self.run_id, uri)
+                "MLflow run %s (%s) in %s", self.name, self.run_id, store.redact(uri))
         return self
 
     def _create_run(self, uri: str, run_tags: Dict[str, str]) -> Optional[BaseException]:
@@ -178,7 +186,8 @@ class TrackedRun:
                 return None
             except Exception as err:
                 if not store.is_transient(err):
-                    raise
+                    denied = store.permission_error(err, uri, self.cfg.mlflow.experiment_name)
+                    raise (store.AccessDenied(denied) if denied else err)
                 if store.is_disk_full(err) or time.monotonic() > deadline:
                     self.client = None  # the outbox journals from the start: no client needed
                     return err

@@ -2,6 +2,7 @@
 `sweeplab report` and `sweeplab resume`; a full disk recognised as such. Real folders, a real
 sqlite store, a port nobody listens on."""
 import errno
+import logging
 import os
 import socket
 import time
@@ -133,3 +134,31 @@ def test_open_client_quiets_mlflows_sql_tracebacks(tmp_path):
     store.open_client(f"sqlite:///{tmp_path}/mlflow.db")
     assert logging.getLogger("mlflow.store.db.utils").getEffectiveLevel() == logging.CRITICAL
     assert os.path.isfile(tmp_path / "mlflow.db")
+
+
+# ---------------------------------------------------------------- secrets
+
+@pytest.mark.parametrize("text, redacted, without", [
+    ("http://alice:s3cret@127.0.0.1:5000", "http://alice:***@127.0.0.1:5000",
+     "http://alice@127.0.0.1:5000"),
+    ("postgresql+psycopg://bob:p%40ss@db:5432/mlflow?sslmode=require",
+     "postgresql+psycopg://bob:***@db:5432/mlflow?sslmode=require",
+     "postgresql+psycopg://bob@db:5432/mlflow?sslmode=require"),
+    ("postgresql+psycopg://bob@/x?password=zz&host=/s",
+     "postgresql+psycopg://bob@/x?password=***&host=/s", "postgresql+psycopg://bob@/x?host=/s"),
+    # Hydra's launchers print an override with ':' escaped
+    (r"#0 : lr=0.1 mlflow.tracking_uri=http\://alice\:s3cret@127.0.0.1\:5000",
+     r"#0 : lr=0.1 mlflow.tracking_uri=http\://alice\:***@127.0.0.1\:5000",
+     r"#0 : lr=0.1 mlflow.tracking_uri=http\://alice@127.0.0.1\:5000"),
+    ("sqlite:////data/a@b/mlflow.db", "sqlite:////data/a@b/mlflow.db",
+     "sqlite:////data/a@b/mlflow.db"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+])
+def test_redact_hides_every_password_in_a_uri(text, redacted, without):
+    assert store.redact(text) == redacted
+    assert store.without_password(text) == without
+
+
+def test_every_log_record_is_redacted(caplog):
+    logging.getLogger("sweeplab.test").warning("store %s", "http://alice:s3cret@127.0.0.1:5000")
+    assert "s3cret" not in caplog.text and "alice:***@" in caplog.text
