@@ -47,6 +47,12 @@ def run_app() -> int:
     signals.install_launcher()
     try:
         hydra_app()
+    except sweep.Abandoned as stop:  # its jobs concluded it already: one line, exit 1
+        progress.reporter().close()
+        not_closed = sweep.close_abandoned_sweep(str(stop))
+        print(f"sweeplab: error: {stop}" + (f"; {not_closed}" if not_closed else ""),
+              file=sys.stderr, flush=True)
+        return 1
     finally:
         sweep.close_abandoned_sweep()
     signum = signals.received()

@@ -27,12 +27,20 @@ def graph_key(cfg, env: Dict[str, str]) -> str:
     return json.dumps({"config": shared, "env": env}, sort_keys=True, default=str)
 
 
-def even_chunks(items: Sequence, max_size: int) -> List[list]:
+def even_chunks(items: Sequence, max_size: int, workers: int = 1) -> List[list]:
     """`items` in order, in the fewest chunks of at most `max_size`, sizes within one of each
-    other (17 jobs with max 16 -> 9 + 8, not 16 + 1: a chunk of one would train alone)."""
+    other (17 jobs with max 16 -> 9 + 8, not 16 + 1: a chunk of one would train alone).
+
+    A group that needs several chunks gets a multiple of `workers` of them while each keeps
+    two jobs: 40 jobs on 2 workers train as 4 x 10 (two rounds), not 14 + 13 + 13 (the third
+    chunk alone on one worker while the other idles)."""
     if not items:
         return []
     count = math.ceil(len(items) / max_size)
+    if count > 1 and workers > 1:
+        rounded = -(-count // workers) * workers
+        if len(items) // rounded >= 2:
+            count = rounded
     size, extra = divmod(len(items), count)
     chunks, start = [], 0
     for i in range(count):
@@ -68,7 +76,7 @@ def plan_chunks(cfgs: Sequence, envs: Sequence[Dict[str, str]], max_stack: int,
         if len(members) == 1:
             chunks.append(Chunk(members, alone="no other job of this batch shares its graph"))
             continue
-        chunks.extend(Chunk(part) for part in even_chunks(members, max(1, max_stack)))
+        chunks.extend(Chunk(part) for part in even_chunks(members, max(1, max_stack), workers))
     while len(chunks) < workers:
         largest = max((c for c in chunks if c.alone is None), key=lambda c: len(c.members),
                       default=None)

@@ -5,12 +5,20 @@ file handler on the job's log file. A process that trains several jobs has no on
 every line, so it logs to the console only (`console_only`), and each job's file gets that
 job's own lines (`job_files`). Works on the job logging as a plain dict (Hydra's
 `logging.config.dictConfig` form), so it is tested without Hydra.
+
+A job's log file is written by `JobFileHandler` (Hydra's job logging names it, `job_files`
+uses it): when the disk is full, it keeps the error (`write_error`: the job's run fails with it
+at its next metrics call, runner/tracking.py) and drops the file's further lines, instead of
+printing logging's traceback for every line it cannot write.
 """
 import copy
+import errno
 import logging
+import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 HYDRA_FILE_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's default
 # The tasks' per-evaluation lines (runner.tasks); a stacked job's own logger is a child of it,
@@ -25,6 +33,50 @@ class Routing:
     # The loggers Hydra's job logging gives the job's file ("" = root): a job alone in the
     # process gets all of their lines, as it would under Hydra's basic launcher.
     file_loggers: Sequence[str] = ("",)
+
+
+FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # no room: as runner/store.py's
+_write_errors: Dict[str, OSError] = {}  # {log file: why its lines are dropped}, this process
+
+
+class JobFileHandler(logging.FileHandler):
+    """A job's log file that, once the disk is full, drops its lines without a traceback each:
+    the first error is kept for `write_error`, and the job fails with it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.baseFilename not in _write_errors:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self._kept(sys.exc_info()[1]):
+            super().handleError(record)
+
+    def flush(self) -> None:
+        try:
+            super().flush()
+        except OSError as err:  # lines buffered before the disk filled are lost too
+            if not self._kept(err):
+                raise
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except OSError as err:
+            if not self._kept(err):
+                raise
+
+    def _kept(self, err: Optional[BaseException]) -> bool:
+        """A full disk: kept as the file's error (its first), True; anything else False."""
+        if not isinstance(err, OSError) or err.errno not in FULL_ERRNOS:
+            return False
+        _write_errors.setdefault(self.baseFilename,
+                                 OSError(err.errno, os.strerror(err.errno), self.baseFilename))
+        return True
+
+
+def write_error(log_file: Optional[str]) -> Optional[OSError]:
+    """Why the job log `log_file` lost lines (a full disk), or None."""
+    return _write_errors.get(os.path.abspath(log_file)) if log_file else None
 
 
 def _file_handlers(conf: dict) -> set:
@@ -76,7 +128,7 @@ def job_files(route: Routing, jobs: Sequence[tuple], shared: bool) -> Iterator[L
     formatter = logging.Formatter(route.file_format)
     attached, contexts = [], []
     for num, context in jobs:
-        handler = logging.FileHandler(context.log_file)
+        handler = JobFileHandler(context.log_file)
         handler.setFormatter(formatter)
         if shared:
             loggers = [logging.getLogger(job_logger(num))]

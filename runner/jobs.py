@@ -6,7 +6,9 @@
   training (one job, or several sharing a graph); whatever stops the group becomes each job's
   result: a value, `Rejected`, `Failed`, `Killed`. `Lost` is what a launcher gives the jobs of
   a worker process that died.
-- `conclude`: each result becomes the job's return value, its one line and its exit code.
+- `conclude`: each result becomes the job's return value, its one line and its exit code. A
+  job that failed for a full disk stops the sweep there (`sweep.Abandoned`): its other jobs
+  would fail the same way, and Hydra's set-up of the next one raises.
 
 The CLI's task function runs one job through all three in Hydra's job; the stacked launcher
 accepts every job of a batch, trains them in groups (in worker processes, runner/pool.py) and
@@ -49,6 +51,7 @@ class Failed:
     """The job raised; `run` is its FAILED run (None: its run, id unknown here)."""
     error: str
     run: Optional[str] = None
+    disk_full: bool = False  # no room to write: the sweep stops here
 
 
 @dataclass(frozen=True)
@@ -177,10 +180,11 @@ def train(group: Group) -> List[Result]:
             return [Killed(stop.signum)] * len(cfgs)
         except Exception as err:  # this group's jobs fail; the sweep's other groups go on
             # The traceback is in each FAILED run's error.txt; the console gets one line.
+            full = store.is_disk_full(err)
             if recorded_run(err) is None:  # it broke before the jobs' runs were opened
-                return [Failed(one_line(err), _record_failure(cfg, c, err))
+                return [Failed(one_line(err), _record_failure(cfg, c, err), full)
                         for cfg, c in zip(cfgs, contexts)]
-            return [Failed(one_line(err), recorded_run(err) if len(cfgs) == 1 else None)
+            return [Failed(one_line(err), recorded_run(err) if len(cfgs) == 1 else None, full)
                     for _ in cfgs]
 
 
@@ -224,9 +228,13 @@ def conclude(job: Job, result: Result, in_sweep: bool) -> Concluded:
             sweep.mark_rejected(job.context.output_dir, result.message)
         return Concluded(math.nan, 2)
     if isinstance(result, Failed):
-        print(f"sweeplab: error: job {job.name} failed: {result.error}; "
-              f"{f'run {result.run}' if result.run else 'its run'} is FAILED, traceback in "
-              f"its error.txt", file=sys.stderr, flush=True)
+        line = (f"job {job.name} failed: {result.error}; "
+                f"{f'run {result.run}' if result.run else 'its run'} is FAILED, traceback in "
+                f"its error.txt")
+        if result.disk_full and in_sweep:  # the sweep's one line, once its parent is closed
+            raise sweep.Abandoned(f"{line}; the disk is full: the sweep stops, its other "
+                                  f"jobs are not run")
+        print(f"sweeplab: error: {line}", file=sys.stderr, flush=True)
         return Concluded(math.nan, 1)
     if isinstance(result, Lost):
         run = close_lost(job, result.why)

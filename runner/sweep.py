@@ -262,11 +262,33 @@ class SweepCallback(Callback):
             sys.exit(1)
 
 
-def close_abandoned_sweep() -> None:
-    """A sweep whose launcher broke down (an exception escaped Hydra): its parent is closed,
-    FAILED (or KILLED after a signal), never left RUNNING."""
-    if _open_sweep is not None:
-        _open_sweep.close("KILLED" if signals.received() else "FAILED")
+class Abandoned(BaseException):
+    """The sweep stops before its other jobs (a job found the disk full): raised through
+    Hydra's launcher (a BaseException: Hydra does not catch it), so no next job is set up;
+    the CLI closes the parent and prints the message as the sweep's one line."""
+
+
+def close_abandoned_sweep(why: Optional[str] = None) -> Optional[str]:
+    """A sweep whose launcher broke down (an exception escaped Hydra) or was abandoned
+    (`why`): its parent is closed, FAILED (or KILLED after a signal), never left RUNNING.
+    Returns what went wrong if the store could not be written (`sweeplab sync` closes it)."""
+    global _open_sweep
+    sweep, _open_sweep = _open_sweep, None  # one attempt: a store that failed stays failed
+    if sweep is None:
+        return None
+    try:
+        if why:
+            sweep.client.set_tag(sweep.parent_id, tags.ERROR, why)
+        sweep.close("KILLED" if signals.received() else "FAILED")
+        return None
+    except Exception as err:  # e.g. a store on the full disk
+        sweep.heartbeat.stop()
+        try:
+            save_pending_close(sweep.sweep_dir, sweep.parent_id, sweep.uri, signals.received())
+        except OSError:
+            pass  # the sweep dir is full too: its heartbeat stopping marks the parent lost
+        return (f"sweep run {sweep.parent_id} not closed ({one_line(err)}); sweeplab sync "
+                f"{sweep.sweep_dir} closes it once the store can be written")
 
 
 # ---------------------------------------------------------------- what the jobs did

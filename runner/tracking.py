@@ -11,7 +11,8 @@ training never waits on the store, and saves them to a file if the store stays u
 Every run ends in a terminal state: FINISHED; KILLED (`outcome=killed`) when the job was told
 to stop; FAILED (`outcome=error`, the error in the `sweeplab.error` tag and `error.txt`) when
 it raised. If neither the store nor the journal took its writes (a full disk), leaving the run
-raises `WritesLost`: the job fails instead of passing for finished. Every run carries the code
+raises `WritesLost`: the job fails instead of passing for finished; so does a job whose log
+file loses lines (runner/joblog.py), at its next metrics call. Every run carries the code
 version (runner/codeversion.py).
 """
 import hashlib
@@ -28,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from omegaconf import OmegaConf
 
-from runner import codeversion, store, tags
+from runner import codeversion, joblog, store, tags
 from runner.outbox import Outbox, WritesLost, one_line
 # Where the store is: re-exported, callers have always found these here.
 from runner.store import artifact_location, experiment_id, tracking_uri  # noqa: F401
@@ -200,6 +201,11 @@ class TrackedRun:
             if signum:
                 raise Stopped(signum)
 
+    def _fail_if_log_lost(self) -> None:
+        lost = joblog.write_error(self.job.log_file)
+        if lost is not None:  # the job's log is losing lines (a full disk): the job fails
+            raise OSError(lost.errno, lost.strerror, lost.filename)
+
     def log_derived(self, values: Dict[str, object]) -> None:
         """Numbers computed from the config (e.g. total steps from epochs), as `derived.*`
         params: the config params stay exactly what the user composed."""
@@ -211,12 +217,14 @@ class TrackedRun:
         self.pending.extend([k, float(v), now, int(step)] for k, v in metrics.items())
         self._maybe_flush()
         self._stop_if_asked()  # after keeping these metrics: __exit__ sends them
+        self._fail_if_log_lost()
 
     def log_series(self, name: str, steps, values) -> None:
         now = int(time.time() * 1000)
         self.pending.extend([name, float(v), now, int(s)] for s, v in zip(steps, values))
         self._maybe_flush()
         self._stop_if_asked()
+        self._fail_if_log_lost()
 
     def _maybe_flush(self) -> None:
         if (len(self.pending) >= MAX_METRICS_PER_BATCH

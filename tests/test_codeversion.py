@@ -10,7 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, cli_env
-from runner import codeversion, sweep, tags
+from runner import codeversion, resume, tags
 
 
 def git(folder, *args):
@@ -108,7 +108,7 @@ def test_resumed_commits():
 
 def test_a_sweep_resumed_at_another_commit_says_so_in_one_line_and_tags_the_parent(
         tmp_path, capsys):
-    """sweep.reopen_parent on a real store: the parent was made at commit `0...0`; this
+    """resume.reopen_parent on a real store: the parent was made at commit `0...0`; this
     checkout is at another."""
     if codeversion.code_version() is None:
         pytest.skip("this project is not a git checkout here: no code version to compare")
@@ -119,7 +119,7 @@ def test_a_sweep_resumed_at_another_commit_says_so_in_one_line_and_tags_the_pare
                                              tags.SWEEP_DIR: str(tmp_path / "sweep")})
     client.set_terminated(parent.info.run_id, "FAILED")
     capsys.readouterr()  # MLflow's lines about creating the store
-    sweep.reopen_parent(client, client.get_run(parent.info.run_id))
+    resume.reopen_parent(client, client.get_run(parent.info.run_id))
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("sweeplab: warning: sweep run "), err
     assert f"ran at commit {old[:12]} and resumes at " in err[0]

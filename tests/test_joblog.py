@@ -72,3 +72,18 @@ def test_a_job_alone_gets_every_line_of_the_file_loggers(tmp_path):
     assert "root line" in text and "step line" in text
     assert not [h for h in root.handlers if isinstance(h, logging.FileHandler)
                 and h.baseFilename == str(tmp_path / "job7.log")]
+
+
+def test_a_job_log_on_a_full_disk_keeps_its_first_error_and_drops_the_rest(capsys):
+    handler = joblog.JobFileHandler("/dev/full")  # every write: ENOSPC
+    logger = logging.getLogger("sweeplab.test.fulldisk")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for i in range(50):
+            logger.warning("line %d", i)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()  # its buffered lines are lost too: no error
+    assert "No space left on device" in str(joblog.write_error("/dev/full"))
+    assert capsys.readouterr().err == ""  # not logging's traceback per line

@@ -75,6 +75,13 @@ def test_jobs_differing_in_shape_free_groups_share_a_graph_and_others_do_not():
     assert graph_key(base, {"A": "1"}) != graph_key(base, {})
 
 
+def test_a_group_of_several_chunks_fills_every_worker_in_each_round():
+    assert [len(c) for c in even_chunks(list(range(40)), 16, workers=2)] == [10] * 4
+    assert [len(c) for c in even_chunks(list(range(140)), 16, workers=2)] == [14] * 10
+    assert [len(c) for c in even_chunks(list(range(17)), 16, workers=3)] == [6, 6, 5]
+    assert [len(c) for c in even_chunks(list(range(5)), 4, workers=4)] == [3, 2]  # >= 2 each
+
+
 def test_chunks_are_even_and_never_above_max_stack():
     assert even_chunks(list(range(17)), 16) == [list(range(9)), list(range(9, 17))]
     assert [len(c) for c in even_chunks(list(range(10)), 4)] == [4, 3, 3]
@@ -86,7 +93,7 @@ def test_chunks_are_split_until_every_worker_has_one():
     sizes = lambda workers, max_stack=16: sorted(  # noqa: E731
         len(c.members) for c in plan_chunks(cfgs, [{}] * 18, max_stack, workers=workers))
     assert sizes(1) == [9, 9] and sizes(2) == [9, 9]
-    assert sizes(3) == [4, 5, 9] and sizes(4) == [4, 4, 5, 5]
+    assert sizes(3) == [6, 6, 6] and sizes(4) == [4, 4, 5, 5]
     assert sizes(2, max_stack=32) == [9, 9]
     # A chunk below four jobs stays whole: halves of one would train alone.
     assert [len(c.members) for c in plan_chunks(cfgs[:3], [{}] * 3, 16, workers=2)] == [3]
