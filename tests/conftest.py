@@ -74,3 +74,14 @@ def tiny_corpus(directory):
         with open(os.path.join(directory, name), "w") as f:
             f.write(text(lines))
     return str(directory)
+
+
+def mount_tmpfs(folder, size: str) -> None:
+    """A real tmpfs of `size` at `folder` (a disk the tests can fill); skips without root."""
+    import pytest
+
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill ({mounted.stderr.strip()}): needs root")

@@ -17,7 +17,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import cli_env
+from conftest import cli_env, mount_tmpfs
 
 pytestmark = pytest.mark.slow
 SWEEP = ["-m", "model=mlp", "model.hidden=[16]", "train.eval_size=50", "train.steps=40000",
@@ -27,11 +27,7 @@ SWEEP = ["-m", "model=mlp", "model.hidden=[16]", "train.eval_size=50", "train.st
 @pytest.fixture
 def disk(tmp_path):
     folder = tmp_path / "disk"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill ({mounted.stderr.strip()}): needs root")
+    mount_tmpfs(folder, "64m")
     yield folder
     subprocess.run(["umount", "-l", str(folder)], check=False)
 

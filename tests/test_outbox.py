@@ -9,7 +9,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import compose_cfg
+from conftest import compose_cfg, mount_tmpfs
 from runner import outbox, store, tags
 from runner.tracking import JobContext, TrackedRun, WritesLost
 
@@ -18,11 +18,7 @@ from runner.tracking import JobContext, TrackedRun, WritesLost
 def full_disk(tmp_path):
     """A folder on an 8 MB tmpfs; `fill()` then takes every byte left. Needs root (mount)."""
     folder = tmp_path / "disk"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill ({mounted.stderr.strip()}): needs root")
+    mount_tmpfs(folder, "8m")
 
     def fill():
         with open(folder / "filler", "wb") as f:

@@ -198,14 +198,17 @@ class Graph:
     evaluate: object  # (x, y) -> [(loss, accuracy) per job]
 
 
+def prepare(cfgs):
+    """Each job's data (its seed's split), the shared plan, and each job's model."""
+    splits = [data.load(cfg.dataset, cfg.seed) for cfg in cfgs]
+    plan_ = plan(cfgs[0].train, len(splits[0].train.y))
+    return splits, plan_, build_models(cfgs, splits[0].info)
+
+
 def build(cfgs) -> Graph:
     """Data, models and the engine for jobs that train in one graph (the caller checked they
     can: one job, or a model whose stack_reason is None)."""
-    first = cfgs[0]
-    splits = [data.load(cfg.dataset, cfg.seed) for cfg in cfgs]
-    plan_ = plan(first.train, len(splits[0].train.y))
-    built = build_models(cfgs, splits[0].info)
-    return assemble(cfgs, splits, plan_, built)
+    return assemble(cfgs, *prepare(cfgs))
 
 
 def assemble(cfgs, splits, plan_: Plan, built) -> Graph:
@@ -229,9 +232,7 @@ def run_group(cfgs: Sequence, contexts: Sequence[JobContext]) -> List[float]:
     started = time.perf_counter()
     first = cfgs[0]
     configure_threads(first.train)
-    splits = [data.load(cfg.dataset, cfg.seed) for cfg in cfgs]
-    plan_ = plan(first.train, len(splits[0].train.y))
-    built = build_models(cfgs, splits[0].info)
+    splits, plan_, built = prepare(cfgs)
     reason = stack_reason(built[0]) if len(cfgs) > 1 else None
     if reason is not None:
         log.info("%d jobs train one per graph: %s", len(cfgs), reason)
