@@ -227,14 +227,16 @@ def load(cfg, seed: int) -> Splits:
     if cfg.name == CUSTOM:
         return load_custom(cfg, seed)
     cached = keras_cache_npz()  # `mnist` may read it: a new or changed file is a new dataset
-    key = (cfg.name, cfg.data_dir, cfg.val_fraction, cfg.test_fraction, cfg.input_divisor, seed,
-           cached, os.path.getmtime(cached) if os.path.isfile(cached) else None)
+    source = (cfg.name, cfg.data_dir, cached,
+              os.path.getmtime(cached) if os.path.isfile(cached) else None)
+    key = (*source, cfg.val_fraction, cfg.test_fraction, cfg.input_divisor, seed)
     if key not in _loaded:
-        _loaded[key] = _read_only(_read(cfg, seed))
+        _loaded[key] = _read_only(_read(cfg, seed, source))
     return _loaded[key]
 
 
 _loaded = {}  # (dataset values, seed) -> Splits, for `load`
+_sources = {}  # dataset values -> what its source read: one read for every seed of a sweep
 
 
 def read_ahead(cfg) -> None:
@@ -266,8 +268,10 @@ def cut_splits(train_x, train_y, test, val_fraction: float, test_fraction: float
     return (train_x, train_y), val, test
 
 
-def _read(cfg, seed: int) -> Splits:
-    (train_x, train_y), test, source = SOURCES[cfg.name](cfg)
+def _read(cfg, seed: int, source_key) -> Splits:
+    if source_key not in _sources:
+        _sources[source_key] = SOURCES[cfg.name](cfg)
+    (train_x, train_y), test, source = _sources[source_key]
     train, val, test = cut_splits(train_x, train_y, test, cfg.val_fraction, cfg.test_fraction,
                                   seed)
 

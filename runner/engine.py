@@ -96,7 +96,6 @@ def make_train_steps(net, update: Update, batches, objective: Callable, capacity
 
     # Plain Python around TF ops, traced as written: AutoGraph converting the step and
     # everything it calls was ~70% of the first call's time.
-    @tf.autograph.experimental.do_not_convert
     def step():
         batch = batches.next()
         lr = optim.job_rates(update.schedules, update.optimizer.iterations)
@@ -122,19 +121,24 @@ def make_train_steps(net, update: Update, batches, objective: Callable, capacity
                   stats["clip_fraction"])
         return applied, values, stats["var_norms"], stats["var_norms_clipped"]
 
-    @tf.function(jit_compile=jit_compile)
+    def more(i, k, applied, series, norms):
+        return (i < k) & tf.reduce_any(alive)
+
+    def body(i, k, applied, series, norms):
+        now, values, before, after = step()
+        series = [ta.write(i, tf.cast(v, tf.float32)) for ta, v in zip(series, values)]
+        norms = [norms[0].write(i, before), norms[1].write(i, after)]
+        return i + 1, k, applied + tf.cast(now, tf.int32), series, norms
+
+    # An explicit while_loop and no AutoGraph: converting the loop (and what it calls) cost
+    # ~1 s of every graph's first call.
+    @tf.function(jit_compile=jit_compile, autograph=False)
     def train_steps(k):
         series = [tf.TensorArray(tf.float32, size=capacity, element_shape=(n,)) for _ in SERIES]
         norms = [tf.TensorArray(tf.float32, size=capacity, element_shape=(n, n_vars))
                  for _ in range(2)]
-        applied = tf.zeros([n], tf.int32)
-        i = tf.constant(0)
-        while i < k and tf.reduce_any(alive):
-            now, values, before, after = step()
-            applied += tf.cast(now, tf.int32)
-            series = [ta.write(i, tf.cast(v, tf.float32)) for ta, v in zip(series, values)]
-            norms = [norms[0].write(i, before), norms[1].write(i, after)]
-            i += 1
+        _, _, applied, series, norms = tf.while_loop(
+            more, body, (tf.constant(0), k, tf.zeros([n], tf.int32), series, norms))
         return applied, alive.read_value(), [ta.stack() for ta in series], \
             [ta.stack() for ta in norms]
 

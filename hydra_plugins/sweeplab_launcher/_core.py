@@ -21,6 +21,7 @@ from hydra.core.utils import (JobReturn, JobStatus, configure_log, env_override,
 from hydra.types import HydraContext
 from omegaconf import OmegaConf, open_dict
 
+from hydra_plugins.sweeplab_launcher._compose import Composer
 from runner.grouping import plan_chunks
 from runner import jobs, joblog, pool, tags
 from runner.sweep import count_jobs
@@ -45,22 +46,24 @@ class ComposeOnce:
     """The sweeper's config loader, keeping what it composes for the launcher to `take`.
 
     Hydra's sweeper composes every job of a batch to check it (`validate_batch_is_legal`) and
-    throws the result away; the launcher would compose it again (~0.15 s a job). Kept per
-    overrides as a list, so a repeated value in a sweep list gets a config of its own.
+    throws the result away; the launcher would compose it again. Kept per overrides as a
+    list, so a repeated value in a sweep list gets a config of its own. Composing itself is
+    `_compose.Composer`'s: once per config-group choice, not once per job.
     """
 
     def __init__(self, loader) -> None:
         self._loader, self._kept = loader, {}
+        self.composer = Composer(loader)
 
     def load_sweep_config(self, master_config, sweep_overrides):
-        config = self._loader.load_sweep_config(master_config, list(sweep_overrides))
+        config = self.composer.load_sweep_config(master_config, list(sweep_overrides))
         self._kept.setdefault(tuple(sweep_overrides), []).append(config)
         return config
 
     def take(self, master_config, sweep_overrides):
         kept = self._kept.get(tuple(sweep_overrides))
-        return kept.pop(0) if kept else self._loader.load_sweep_config(master_config,
-                                                                       list(sweep_overrides))
+        return kept.pop(0) if kept else self.composer.load_sweep_config(master_config,
+                                                                        list(sweep_overrides))
 
     def __getattr__(self, name):
         return getattr(self._loader, name)

@@ -136,7 +136,9 @@ def make_evaluate(train_cfg, net):
     memory. x, y are shared ([E, ...], [E]) or per job ([N, E, ...], [N, E])."""
     per_example = PER_EXAMPLE_LOSSES[train_cfg.loss]
 
-    @tf.function(reduce_retracing=True)
+    # No AutoGraph: the network is plain Python over static shapes; converting it was ~1.8 s
+    # of every graph's first evaluation.
+    @tf.function(reduce_retracing=True, autograph=False)
     def chunk(x, y):
         logits = net(x, training=False)
         labels = _labels_like(y, logits)
@@ -146,24 +148,37 @@ def make_evaluate(train_cfg, net):
 
     def evaluate(x, y):
         count = y.shape[-1]
+        if count <= train_cfg.eval_batch_size:  # one chunk (a validation window)
+            loss_sum, correct = (t.numpy() for t in chunk(tf.convert_to_tensor(x),
+                                                          tf.convert_to_tensor(y)))
+            return [(float(l) / count, float(c) / count) for l, c in zip(loss_sum, correct)]
         loss_sum, correct = np.zeros(net.n), np.zeros(net.n)
         for start in range(0, count, train_cfg.eval_batch_size):
             stop = start + train_cfg.eval_batch_size
             part = slice(start, stop)
-            l, c = (chunk(tf.constant(x[:, part]), tf.constant(y[:, part])) if y.ndim == 2
-                    else chunk(tf.constant(x[part]), tf.constant(y[part])))
+            l, c = (chunk(tf.convert_to_tensor(x[:, part]), tf.convert_to_tensor(y[:, part]))
+                    if y.ndim == 2 else
+                    chunk(tf.convert_to_tensor(x[part]), tf.convert_to_tensor(y[part])))
             loss_sum, correct = loss_sum + l.numpy(), correct + c.numpy()
         return [(float(l) / count, float(c) / count) for l, c in zip(loss_sum, correct)]
 
     return evaluate
 
 
-def eval_window(val, size, index):
-    """The index-th window of `size` validation examples, wrapping (like next_batch(size))."""
-    if size is None or size >= len(val.y):
-        return val.x, val.y
-    idx = (index * size + np.arange(size)) % len(val.y)
-    return val.x[idx], val.y[idx]
+def eval_windows(cfgs, splits, size):
+    """index -> the jobs' index-th window of `size` validation examples, wrapping (like
+    next_batch(size)). The validation sets go to TensorFlow once; a window is a gather."""
+    x, y = job_arrays(cfgs, [(s.val.x, s.val.y) for s in splits])
+    x, y = tf.constant(x), tf.constant(y)
+    count = y.shape[-1]
+    axis = y.shape.rank - 1  # the example axis: 0 shared, 1 per job
+
+    def window(index):
+        if size is None or size >= count:
+            return x, y
+        idx = (index * size + np.arange(size)) % count
+        return tf.gather(x, idx, axis=axis), tf.gather(y, idx, axis=axis)
+    return window
 
 
 def job_arrays(cfgs, parts):
@@ -270,12 +285,11 @@ def fit(train_cfg, plan_: Plan, train_steps, evaluate, jobs: List[Job], splits,
     was not applied, and the job trains no further while the others go on.
     """
     evals, step = 0, 0
-    cfgs = [job.cfg for job in jobs]
+    window = eval_windows([job.cfg for job in jobs], splits, train_cfg.eval_size)
 
     def evaluate_all():
         started = time.perf_counter()
-        windows = [eval_window(s.val, train_cfg.eval_size, evals) for s in splits]
-        results = evaluate(*job_arrays(cfgs, windows))
+        results = evaluate(*window(evals))
         for job, (val_loss, val_acc) in zip(jobs, results):
             if job.alive:
                 job.history["val_loss"].append((job.step, val_loss))
