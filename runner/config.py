@@ -262,8 +262,8 @@ class MLflowConfig:
 @dataclass
 class ReportConfig:
     # The sweep report's metric (map colour, best-first order): null = the task's ranking
-    # metric (val_loss_tail: the mean of the last 10 evaluations; valid_perplexity for the
-    # language model). One of runner.results.METRICS.
+    # metric (val_loss_tail: the mean of the last 10 evaluations; valid_loss, log perplexity,
+    # for the language model). One of runner.results.METRICS.
     metric: Optional[str] = None
 
 

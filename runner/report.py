@@ -304,7 +304,7 @@ def log_report(client: MlflowClient, parent_run_id: str,
                metric: Optional[str] = None) -> ReportLocation:
     """Draw and log `report/{sweep_map.png, sweep_curves.png, summary.csv, report.html,
     report.md}` on the sweep's parent run (replacing an older report); metric None = the
-    sweep's default (its task's ranking metric: val_loss_tail, or valid_perplexity for a
+    sweep's default (its task's ranking metric: val_loss_tail, or valid_loss for a
     language model). Raises ValueError without jobs."""
     records = collect(client, parent_run_id)
     if not records:
@@ -450,7 +450,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", default=None,
                         help=f"rank and map by this final metric: {', '.join(METRICS)} "
                              f"(default: val_loss_tail, the mean of the last 10 evaluations, "
-                             f"or valid_perplexity for a language model)")
+                             f"or valid_loss, log perplexity, for a language model)")
     parser.add_argument("--tracking-uri", default=None,
                         help="MLflow store; default: $MLFLOW_TRACKING_URI, else "
                              "sqlite:///<cwd>/outputs/mlflow.db")

@@ -45,7 +45,10 @@ METRICS: Dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("best_val_acc", True, "val_acc",
                "the best evaluation's accuracy (picked after the fact: optimistic)"),
     MetricSpec("test_loss", False, "val_loss", "loss on the test split, once at the end"),
-    MetricSpec("valid_perplexity", False, "valid_perplexity",  # the language model's ranking
+    MetricSpec("valid_loss", False, "valid_perplexity",  # the language model's ranking
+               "mean loss per word (log perplexity) on the whole validation text after the "
+               "last epoch: seeds' perplexities are skewed, their logs are not"),
+    MetricSpec("valid_perplexity", False, "valid_perplexity",
                "perplexity on the whole validation text after the last epoch"),
     MetricSpec("test_perplexity", False, "valid_perplexity",
                "perplexity on the whole test text, once at the end"),
@@ -81,7 +84,7 @@ class JobRecord:
 
 
 def default_metric(records: Sequence[JobRecord]) -> Optional[str]:
-    """The task's ranking metric (val_loss_tail for images, valid_perplexity for the language
+    """The task's ranking metric (val_loss_tail for images, valid_loss for the language
     model) when a run logged it; else the first of METRICS a run logged (runs that predate
     val_loss_tail rank by val_loss)."""
     for name in dict.fromkeys(spec_of_run(r.tags).ranking for r in records):

@@ -217,7 +217,7 @@ def test_evaluation_carries_state_so_the_window_length_does_not_matter():
     import keras
 
     import models
-    from runner.tasks.language_model import make_perplexity
+    from runner.tasks.language_model import make_mean_loss, perplexity
 
     keras.utils.set_random_seed(2)
     info = SimpleNamespace(vocab_size=20)
@@ -229,7 +229,7 @@ def test_evaluation_carries_state_so_the_window_length_does_not_matter():
         if results:
             model.set_weights(weights)
         weights = model.get_weights()
-        results.append(make_perplexity(model, cfg, ids, streams=1)())
+        results.append(perplexity(make_mean_loss(model, cfg, ids, streams=1)()))
     assert results == pytest.approx([results[0]] * 3, rel=1e-5)
     assert 1 < results[0] < 40
 
@@ -277,6 +277,8 @@ def test_two_epochs_on_a_tiny_corpus_track_perplexities_and_speed(tmp_path, stor
                              ("train_perplexity", "valid_perplexity", "words_per_second"))
     assert [s for s, _ in train] == [s for s, _ in valid_ppl] == [s for s, _ in wps] == [1, 2]
     assert valid == pytest.approx(valid_ppl[-1][1])
+    # the report's ranking metric: the same evaluation, as a log
+    assert [v for _, v in history("valid_loss")] == pytest.approx([np.log(v) for _, v in valid_ppl])
     vocab = ptb.load(cfg.dataset).info.vocab_size  # 18: uniform guessing scores 18
     assert train[1][1] < train[0][1] < vocab  # perplexity falls
     assert valid_ppl[1][1] < 0.5 * vocab

@@ -610,7 +610,9 @@ def test_default_metric_is_the_tasks_ranking_metric():
                     tags={"sweeplab.task": "language_model"})]
     assert default_metric(tail) == "val_loss_tail"
     assert default_metric(old) == "val_loss"  # runs that predate val_loss_tail
-    assert default_metric(lm) == "valid_perplexity"
+    assert default_metric(lm) == "valid_perplexity"  # runs that predate valid_loss
+    lm[0].metrics["valid_loss"] = 4.5
+    assert default_metric(lm) == "valid_loss"  # log perplexity: what the statistics run on
 
 
 def test_a_sweep_over_seeds_alone_shows_each_seed_and_their_mean():

@@ -23,7 +23,7 @@ class TaskSpec:
 
 IMAGE = TaskSpec("image_classification", objective="val_loss", ranking="val_loss_tail")
 LANGUAGE_MODEL = TaskSpec("language_model", objective="valid_perplexity",
-                          ranking="valid_perplexity")
+                          ranking="valid_loss")
 TASKS = {spec.name: spec for spec in (IMAGE, LANGUAGE_MODEL)}
 # The task modules (runner/tasks/image.py, language_model.py) still import this name; new code
 # uses tags.TASK.

@@ -89,8 +89,9 @@ def objective(train_cfg, state: CarriedState, num_steps: int):
     return fn
 
 
-def make_perplexity(model, cfg, ids, streams):
-    """() -> perplexity of `ids` read as `streams` parallel rows, state carried, no dropout.
+def make_mean_loss(model, cfg, ids, streams):
+    """() -> mean loss per word (log perplexity) of `ids` read as `streams` parallel rows,
+    state carried, no dropout.
 
     Every word but each row's first is scored (see ptb.eval_batches), in one compiled call.
     """
@@ -108,7 +109,7 @@ def make_perplexity(model, cfg, ids, streams):
         return total
 
     count = float(tf.reduce_sum(w))
-    return lambda: perplexity(float(loss_sum()) / count)
+    return lambda: float(loss_sum()) / count
 
 
 def perplexity(mean_loss: float) -> float:
@@ -149,8 +150,8 @@ def _run_one(cfg, context: JobContext) -> float:
                                           jit_compile=cfg.train.jit_compile)
     # Valid as the reference's mvalid (the training batch); test with train.eval_batch_size
     # streams (the reference: 1, one unbroken pass over the test text).
-    valid = make_perplexity(model, cfg.model, corpus.valid, batch)
-    test = make_perplexity(model, cfg.model, corpus.test, cfg.train.eval_batch_size)
+    valid = make_mean_loss(model, cfg.model, corpus.valid, batch)
+    test = make_mean_loss(model, cfg.model, corpus.test, cfg.train.eval_batch_size)
     log.info("%s on %s: %d / %d / %d words, vocab %d, %s params, %d steps of [%d x %d] "
              "(%d per epoch)", model.name, corpus.info.source, len(corpus.train),
              len(corpus.valid), len(corpus.test), corpus.info.vocab_size,
@@ -171,7 +172,7 @@ def finish(job, test, vocab_size: int, watch) -> None:
     final = {}
     started = time.perf_counter()
     if job.alive:
-        final["test_perplexity"] = test()
+        final["test_perplexity"] = perplexity(test())
         log.info("test perplexity %.2f", final["test_perplexity"])
     else:
         final["diverged_at_step"] = job.diverged_at
@@ -232,8 +233,11 @@ def fit(cfg, plan: Plan, train_steps, resettable, valid, job, watch) -> None:
         if not job.alive:
             break
         started = time.perf_counter()
+        valid_loss = valid()
+        # valid_loss (log perplexity) is what the report ranks and tests: perplexities of
+        # several seeds are skewed (exp of a roughly normal loss), their logs are not.
         metrics = {"train_perplexity": perplexity(float(np.mean(losses))),
-                   "valid_perplexity": valid(),
+                   "valid_perplexity": perplexity(valid_loss), "valid_loss": valid_loss,
                    "words_per_second": done_in_epoch * batch_words / max(epoch_seconds, 1e-9)}
         watch.add("eval", time.perf_counter() - started)
         for name, value in metrics.items():
