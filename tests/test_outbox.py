@@ -143,3 +143,24 @@ def test_a_last_line_cut_short_is_named_as_such(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines() == [
         f"sweeplab: warning: {path} line 4: cut short: its process died while writing it; left "
         f"out, the other lines are uploaded"]
+
+
+# ---------------------------------------------------------------- refused writes
+
+def test_a_write_the_store_refuses_is_dropped_loudly_and_counted(tmp_path, thread_errors,
+                                                                 capsys):
+    """Only a request the store itself refuses is dropped (here: metrics for a deleted run,
+    which sqlite refuses as MLflow always does); one line says so and the counters hold it."""
+    client, run_id = _run(f"sqlite:///{tmp_path}/mlflow.db")
+    client.delete_run(run_id)
+    box = outbox.Outbox(client, run_id, str(tmp_path / "job"),
+                        {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "run_name": "lr=0.1"})
+    box.put({"op": "log_batch", "metrics": [["loss", float(i), 0, i] for i in range(7)]})
+    assert box.close() is None  # nothing to keep: sent again it would be refused again
+    assert (box.refused, box.values_dropped, box.dropped) == (1, 7, 0)
+    assert thread_errors == []
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("sweeplab: warning: run lr=0.1: MLflow refused log_batch (7 "
+                               "metric values): ")
+    assert lines[0].endswith("dropped (sent again it would be refused again)")
