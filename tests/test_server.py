@@ -351,6 +351,44 @@ def test_no_password_reaches_the_store_the_logs_the_terminal_or_the_report(team)
                 assert PASSWORD.encode() not in f.read(), os.path.join(folder, name)
 
 
+def test_a_login_refused_mid_run_keeps_the_writes_for_sync(team, monkeypatch, capsys):
+    """basic-auth answers 401 to a run that is already writing: when its user lookup fails
+    while its database restarts, or after a password change mid-sweep (what this test does:
+    the same answer, on demand). The outbox retries, then saves the writes in its journal:
+    none is dropped, and `sweeplab sync` with the right password uploads every value."""
+    from runner import outbox
+
+    folder = public_folder("relogin-")
+    client = store.open_client(team.uri)  # MLflow's variables: the admin (see admin_client_env)
+    run_id = client.create_run(store.ensure_experiment(client, "relogin", None)).info.run_id
+    monkeypatch.setenv("SWEEPLAB_MLFLOW_GIVE_UP_SECONDS", "3")
+    box = outbox.Outbox(client, run_id, folder, {"tracking_uri": team.uri, "run_name": "relogin"})
+
+    def batch(steps):
+        return {"op": "log_batch", "metrics": [["loss", 1.0 / s, 1000, s] for s in steps]}
+
+    box.put(batch(range(1, 101)))
+    wait_until(lambda: len(client.get_metric_history(run_id, "loss")) == 100, 60,
+               "the first batch in the store")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
+    box.put(batch(range(101, 201)))
+    box.put({"op": "set_terminated", "status": "FINISHED", "end_time": 2000})
+    journal = box.close()
+    assert journal is not None  # before: both refused as if bad requests, and dropped
+    assert [op["op"] for op in outbox.read_journal(journal)[1]] == ["log_batch", "set_terminated"]
+    assert (box.refused, box.values_dropped, box.dropped) == (0, 0, 0)
+    said = capsys.readouterr().err
+    assert "error code 401" in said and "upload it later with: sweeplab sync" in said
+    assert "not-the-password" not in said and PASSWORD not in open(journal).read()
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+    code, out = sweeplab(["sync", folder], folder, as_admin(folder), timeout=120)
+    assert code == 0, out
+    assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == \
+        list(range(1, 201))
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
 # ---------------------------------------------------------------- direct PostgreSQL
 
 @pytest.fixture(scope="module")
