@@ -107,7 +107,7 @@ def apply(client: "MlflowClient", run_id: Optional[str], op: dict,
 
 def describe(op: dict) -> str:
     """An op for a warning line: `log_batch (1000 metric values)`."""
-    counts = [f"{len(op[k])} {name}" for k, name in
+    counts = [f"{len(op[k])} {name if len(op[k]) > 1 else name[:-1]}" for k, name in
               (("metrics", "metric values"), ("params", "params"), ("tags", "tags"))
               if op.get(k)]
     detail = counts or ([op["artifact_path"] or "."] if op["op"] == "log_artifact" else [])

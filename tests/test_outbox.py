@@ -164,3 +164,20 @@ def test_a_write_the_store_refuses_is_dropped_loudly_and_counted(tmp_path, threa
     assert lines[0].startswith("sweeplab: warning: run lr=0.1: MLflow refused log_batch (7 "
                                "metric values): ")
     assert lines[0].endswith("dropped (sent again it would be refused again)")
+
+
+def test_sync_leaves_out_a_write_the_store_refuses_and_uploads_the_rest(tmp_path, capsys):
+    """A param that changed value is refused for good: the replay says so and goes on (it
+    used to stop there, at the same write on every `sweeplab sync`)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    params = [json.dumps({"op": "log_batch", "params": [["optimizer.lr", lr]]})
+              for lr in ("0.1", "0.2")]
+    path = _journal(tmp_path, uri, [*params, _metric(1)])
+    run_id, done = outbox.replay(str(path))
+    assert done == 4
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"sweeplab: warning: {path}: MLflow refused log_batch (1 param): "), lines
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(run_id).data.params == {"optimizer.lr": "0.1"}
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1]

@@ -22,7 +22,7 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import chromium_missing, start_chromium
+from conftest import chromium_missing, compose_cfg, start_chromium
 from runner import bulk_metrics, server, store
 
 pytestmark = pytest.mark.server
@@ -350,6 +350,19 @@ def test_no_password_reaches_the_store_the_logs_the_terminal_or_the_report(team)
                 continue
             with open(os.path.join(folder, name), "rb") as f:
                 assert PASSWORD.encode() not in f.read(), os.path.join(folder, name)
+
+
+def test_a_login_refused_when_the_run_is_created_is_one_line(team, monkeypatch):
+    """A 401 at create time is asked again (basic-auth also answers 401 mid-restart): refused
+    again, it is the one line the store check gives."""
+    from runner.tracking import JobContext, TrackedRun
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
+    cfg = compose_cfg(*SHORT, f"mlflow.tracking_uri={team.uri}")
+    run = TrackedRun(cfg, JobContext(output_dir=public_folder("create-")), {})
+    with pytest.raises(store.AccessDenied, match="refused user 'admin': wrong "
+                                                 "MLFLOW_TRACKING_USERNAME or"):
+        run.__enter__()
 
 
 def test_a_login_refused_mid_run_keeps_the_writes_for_sync(team, monkeypatch, capsys):
