@@ -8,6 +8,13 @@ UI_TEST_STAMP := $(VENV)/.ui-test-installed-stamp
 SERVER_STAMP := $(VENV)/.server-installed-stamp
 UI_PORT ?= 5000
 
+# Debian packages a target needs, installed only when CHECK fails (as root, else with sudo):
+# $(call debian,CHECK,PACKAGES). No browser or database is downloaded any other way.
+debian = @$(1) || { apt-get update && apt-get install -y $(2); } || \
+	{ sudo apt-get update && sudo apt-get install -y $(2); }
+CHROMIUM_CHECK := test -x /usr/bin/chromium -a -x /usr/bin/chromedriver
+POSTGRES_CHECK := ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+
 .PHONY: setup run test test-slow test-all test-cluster test-ui test-server ui bench bench-sweep \
 	bench-server sweep data clean
 
@@ -62,24 +69,22 @@ $(UI_TEST_STAMP): $(STAMP)
 	touch $(UI_TEST_STAMP)
 
 test-ui: $(UI_TEST_STAMP)
-	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
-	  { apt-get update && apt-get install -y chromium chromium-driver; } || \
-	  { sudo apt-get update && sudo apt-get install -y chromium chromium-driver; }
+	$(call debian,$(CHROMIUM_CHECK),chromium chromium-driver)
 	$(PY) -m pytest -q -m browser
 
 # `sweeplab server` for real (tests/test_server.py, marker `server`): Debian's PostgreSQL and
-# `mlflow server --app-name basic-auth` on 127.0.0.1; passwords, permissions, redaction, direct
-# postgresql+psycopg:// stores, and 4 sweeps at once (60 jobs, >= 200,000 metric values) while
-# mlflow is SIGKILLed and PostgreSQL restarted. PostgreSQL comes from Debian (root or sudo), the
-# driver and basic-auth's Flask-WTF from the .[postgres] extra. About 8 min on 2 cores.
+# `mlflow server --app-name basic-auth` on 127.0.0.1; passwords, permissions, redaction, the
+# UI's login in headless Chromium, direct postgresql+psycopg:// stores, and 4 sweeps at once
+# (60 jobs, >= 200,000 metric values) while mlflow is SIGKILLed and PostgreSQL restarted.
+# PostgreSQL and Chromium come from Debian (root or sudo); the driver, basic-auth's Flask-WTF
+# and selenium from the .[postgres] and .[ui-test] extras. CI runs it after `make test`.
 $(SERVER_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet -e ".[test,postgres]"
+	$(PY) -m pip install --quiet -e ".[test,postgres,ui-test]"
 	touch $(SERVER_STAMP)
 
 test-server: $(SERVER_STAMP)
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
-	  { apt-get update && apt-get install -y postgresql; } || \
-	  { sudo apt-get update && sudo apt-get install -y postgresql; }
+	$(call debian,$(POSTGRES_CHECK),postgresql)
+	$(call debian,$(CHROMIUM_CHECK),chromium chromium-driver)
 	$(PY) -m pytest -q -m server
 
 # MLflow UI on the project's tracking store, local only. First prints the direct links to the

@@ -6,7 +6,18 @@ unreachable; it also refreshes the run's heartbeat. If the store stays unreachab
 `give_up_seconds()` (default 30 s), the thread stops trying: this op and every later one are
 appended to `mlflow_pending.jsonl` in the job's output folder (artifacts copied beside it, in
 `mlflow_pending_files/`), and one line on stderr says where. `sweeplab sync <dir>` replays the
-file with `replay` (creating the run if it never got created).
+file with `replay` (creating the run if it never got created). What might pass later is kept:
+no answer, a 5xx, a database error, even a 401/403 (see `store.is_denied`).
+
+A write is dropped only when the store refuses the request itself (`store.is_refused`: a
+param that changed value, a deleted run): sending it again cannot make it pass. Each such
+write is one warning line on stderr and counted (`refused`, `values_dropped`).
+
+Closing waits for the thread; if it is still inside one request after CLOSE_WAIT_SECONDS, the
+op in flight and everything queued go to the journal at once, because the process may exit
+before that request ends. The op in flight may then reach the store as well: every op can be
+applied twice (a metric value already there is skipped, a param or tag or artifact written
+again is the same, a run is created once per `sweeplab.run_key`).
 
 A full disk is not waited out: a store that reports it (sqlite's "database or disk is full")
 is given up on at once. If the journal cannot be written either, the run's remaining writes
@@ -20,7 +31,6 @@ Ops: {"op": "create_run", "experiment_name", "artifact_location", "run_name", "t
 artifact_location, run_name, run_id (null if the run was never created).
 """
 import json
-import logging
 import os
 import queue
 import shutil
@@ -34,12 +44,11 @@ from runner import store, tags
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-log = logging.getLogger(__name__)
-
 JOURNAL_STEM = "mlflow_pending"  # <stem>.jsonl, or <stem>-2.jsonl, ... if taken
 OPS = ("create_run", "log_batch", "log_artifact", "set_terminated")  # what a journal line holds
 MAX_QUEUED = 200  # op batches waiting in memory (each <= 1000 metrics); then put() waits
 CLOSE_WAIT_SECONDS = 120.0  # closing waits this long for the thread (it gives up sooner)
+TAKE_OVER_WAIT_SECONDS = 5.0  # then, for a thread that took an op just as closing took over
 _CLOSE = object()
 
 
@@ -96,6 +105,15 @@ def apply(client: "MlflowClient", run_id: Optional[str], op: dict,
     return run_id
 
 
+def describe(op: dict) -> str:
+    """An op for a warning line: `log_batch (1000 metric values)`."""
+    counts = [f"{len(op[k])} {name if len(op[k]) > 1 else name[:-1]}" for k, name in
+              (("metrics", "metric values"), ("params", "params"), ("tags", "tags"))
+              if op.get(k)]
+    detail = counts or ([op["artifact_path"] or "."] if op["op"] == "log_artifact" else [])
+    return op["op"] + (f" ({', '.join(detail)})" if detail else "")
+
+
 class WritesLost(OSError):
     """A run's writes reached neither its store nor its journal (e.g. a full disk)."""
 
@@ -109,9 +127,14 @@ class Outbox:
         self.journal_dir, self.header = journal_dir, header
         self.journal_path: Optional[str] = None
         self.lost: Optional[BaseException] = None  # why writes were dropped (nowhere to go)
-        self.dropped = 0  # how many ops were dropped
+        self.dropped = 0  # ops that reached neither the store nor the journal
+        self.refused = 0  # ops the store refused (a bad request): dropped, each said on stderr
+        self.values_dropped = 0  # metric values in the dropped and refused ops
+        self.sending: Optional[dict] = None  # the op the thread is applying now
+        self.taken_over = False  # close() stopped waiting: the journal holds the rest
         self.queue: "queue.Queue" = queue.Queue(maxsize=MAX_QUEUED)
-        self.lock = threading.Lock()  # journal writes: the thread, or close() if it hangs
+        # The journal, `sending` and `taken_over`: the thread, or close() if the thread hangs.
+        self.lock = threading.RLock()
         if offline_because is not None:
             self._give_up_safely(offline_because)
         self.thread = threading.Thread(target=self._send_all, daemon=True,
@@ -125,16 +148,27 @@ class Outbox:
         """Send (or journal) everything queued; returns the journal's path if one was written."""
         self.queue.put(_CLOSE)
         self.thread.join(CLOSE_WAIT_SECONDS)
-        if self.thread.is_alive():  # stuck inside one request: save the rest ourselves
+        if self.thread.is_alive():
+            self._take_over()
+            self.thread.join(TAKE_OVER_WAIT_SECONDS)  # it journals an op it had just taken
+        return self.journal_path
+
+    def _take_over(self) -> None:
+        """The thread is still inside a request: journal the op it is sending and everything
+        queued now, since this process may exit before that request ends."""
+        with self.lock:
+            self.taken_over = True
             self._give_up_safely(TimeoutError(f"no answer within {CLOSE_WAIT_SECONDS:.0f} s"))
+            pending = [self.sending] if self.sending is not None else []
             while True:
                 try:
                     op = self.queue.get_nowait()
                 except queue.Empty:
                     break
                 if op is not _CLOSE:
-                    self._journal_or_drop(op)
-        return self.journal_path
+                    pending.append(op)
+            for op in pending:
+                self._journal_or_drop(op)
 
     # ------------------------------------------------------------ the thread
 
@@ -148,15 +182,25 @@ class Outbox:
             if op is _CLOSE:
                 return
             if op is not None:
-                if self.lost is None and self.journal_path is None and self._send(op):
-                    continue
-                self._journal_or_drop(op)
+                with self.lock:
+                    if self.taken_over:  # close() journaled what it found; not this one
+                        self._journal_or_drop(op)
+                        return
+                    self.sending = op
+                done = self.lost is None and self.journal_path is None and self._send(op)
+                with self.lock:
+                    self.sending = None
+                    if self.taken_over:  # close() journaled it while it was in flight
+                        return
+                    if not done:
+                        self._journal_or_drop(op)
             if time.monotonic() >= next_beat:
                 self._beat()
                 next_beat = time.monotonic() + store.heartbeat_seconds()
 
     def _send(self, op: dict) -> bool:
-        """Apply `op`, retrying; False once the store has failed for give_up_seconds()."""
+        """Apply `op`, retrying; True once it is done with (sent, or refused and dropped);
+        False once the store has failed for give_up_seconds(), or close() took over."""
         first_failure, pause = None, 0.5
         while True:
             try:
@@ -166,19 +210,26 @@ class Outbox:
                 if store.is_disk_full(err):  # waiting will not make room: journal it now
                     self._give_up_safely(err)
                     return False
-                if not store.is_transient(err):
-                    # A refused request (e.g. a param changed value): retrying or saving it
-                    # for later cannot make the store accept it.
-                    log.warning("MLflow refused %s for run %s: %s", op["op"], self.run_id,
-                                one_line(err))
+                if store.is_refused(err):
+                    self._refuse(op, err)
                     return True
                 now = time.monotonic()
                 first_failure = first_failure or now
+                if self.taken_over:
+                    return False
                 if now - first_failure >= give_up_seconds():
                     self._give_up_safely(err)
                     return False
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
+
+    def _refuse(self, op: dict, err: BaseException) -> None:
+        """The store refused `op` itself: drop it, count it, say so."""
+        self.refused += 1
+        self.values_dropped += len(op.get("metrics") or ())
+        print(f"sweeplab: warning: run {self.header.get('run_name')}: MLflow refused "
+              f"{describe(op)}: {one_line(err)}; dropped (sent again it would be refused again)",
+              file=sys.stderr, flush=True)
 
     def _beat(self) -> None:
         if self.journal_path is None and self.lost is None and self.run_id is not None:
@@ -204,6 +255,7 @@ class Outbox:
             except OSError as err:
                 self._drop(None, err)
         self.dropped += 1
+        self.values_dropped += len(op.get("metrics") or ())
 
     def _drop(self, store_err: Optional[BaseException], journal_err: OSError) -> None:
         """Neither the store nor the journal takes writes: say so once, drop the rest."""
@@ -291,10 +343,12 @@ def journal_uri(uri: str) -> str:
 
 
 def replay(path: str, uri: Optional[str] = None) -> Tuple[str, int]:
-    """Apply a journal to its store (or to `uri`); returns (run id, ops applied now).
+    """Apply a journal to its store (or to `uri`); returns (run id, ops done now).
 
     Progress is kept in `<path>.progress` after every op, so an interrupted replay goes on
-    where it stopped instead of creating the run twice.
+    where it stopped instead of creating the run twice. An op the store refuses itself
+    (`store.is_refused`) is left out with one warning line, as the outbox drops it; any
+    other failure stops the replay, to go on from that op next time.
     """
     header, ops = read_journal(path)
     progress_path = path + ".progress"
@@ -306,7 +360,14 @@ def replay(path: str, uri: Optional[str] = None) -> Tuple[str, int]:
     run_id, start = progress["run_id"], progress["done"]
     base_dir = os.path.dirname(os.path.abspath(path))
     for index in range(start, len(ops)):
-        run_id = apply(client, run_id, ops[index], base_dir)
+        try:
+            run_id = apply(client, run_id, ops[index], base_dir)
+        except Exception as err:
+            if not store.is_refused(err):
+                raise
+            print(f"sweeplab: warning: {path}: MLflow refused {describe(ops[index])}: "
+                  f"{one_line(err)}; left out (sent again it would be refused again)",
+                  file=sys.stderr, flush=True)
         with open(progress_path, "w") as f:
             json.dump({"done": index + 1, "run_id": run_id}, f)
     if run_id is not None and any(op["op"] == "set_terminated" for op in ops):

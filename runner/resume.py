@@ -135,7 +135,7 @@ def finished_value(cfg, job: JobContext) -> Optional[float]:
         client = store.open_client(job.tracking_uri or tracking_uri(cfg.mlflow))
         done = finished_run(client, job.parent_run_id, config_hash(cfg))
     except Exception as err:  # the store is down: train anyway, the run saves what it can't send
-        if not store.is_transient(err):
+        if store.is_refused(err):  # a login refused is the run's to say (it asks again)
             raise
         return None
     if done is None:

@@ -64,10 +64,16 @@ DEFAULT_DB = os.path.join("outputs", "mlflow.db")  # under the working directory
 CHECK_SECONDS = 3.0  # how long the server check waits for an answer
 SCHEMA_LOCK_KEY = 0x5357_4545_504C  # "SWEEPL": PostgreSQL advisory lock around schema set-up
 
-# MLflow error codes that retrying cannot fix (a bad request, not an unreachable store).
-PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS",
-                    "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "BAD_REQUEST",
-                    "PERMISSION_DENIED", "UNAUTHENTICATED", "MALFORMED_REQUEST"}
+# MLflow error codes that say the request itself is wrong (a param changed value, a deleted
+# run): sent again, now or from a journal, it gets the same answer.
+REFUSED_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS",
+                  "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE", "MALFORMED_REQUEST", "BAD_REQUEST"}
+# A login or permission refused (HTTP 401, 403): see `is_denied`.
+DENIED_ERRORS = {"UNAUTHENTICATED", "PERMISSION_DENIED"}
+# How a database error reads once MLflow's server wrapped it as BAD_REQUEST (mlflow.store.db
+# .utils turns every SQLAlchemy error but OperationalError into one): "(psycopg.errors.X) ...",
+# "(sqlalchemy.exc.X) ...", and SQLAlchemy's "https://sqlalche.me/e/..." background link.
+_DATABASE_ERROR = re.compile(r"\((psycopg2?|sqlite3|sqlalchemy)[\w.]*\)|sqlalche\.me/e/")
 # A write that failed for want of room: the disk (or quota, or file-size limit) is full.
 FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 SQLITE_FULL = "database or disk is full"  # SQLite's SQLITE_FULL message
@@ -462,13 +468,32 @@ def quiet_mlflow_sql_errors() -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
-def is_transient(err: BaseException) -> bool:
-    """Worth retrying (server down, db locked) rather than a refused request."""
-    from mlflow.exceptions import MlflowException  # lazy: see the module's docstring
+def is_refused(err: BaseException) -> bool:
+    """The store answered that this request is wrong: retrying it, or saving it for `sweeplab
+    sync`, cannot make it pass. Anything else (no answer, a 5xx, a database error, a login
+    or permission refused) might pass later.
 
-    if isinstance(err, MlflowException):
-        return err.error_code not in PERMANENT_ERRORS
-    return isinstance(err, Exception)
+    A BAD_REQUEST that carries a database error is not a refusal: MLflow's server answers 400
+    for e.g. a connection PostgreSQL closed under it, or two copies of one retried log_batch
+    racing on a unique key.
+    """
+    code = getattr(err, "error_code", None)
+    if code not in REFUSED_ERRORS:
+        return False
+    return not (code == "BAD_REQUEST" and _DATABASE_ERROR.search(str(err)))
+
+
+def is_denied(err: BaseException) -> bool:
+    """The server refused the login or the permission (HTTP 401/403). Before anything is
+    written that is the user's answer (one line, exit 2). Once a run writes, it is kept for
+    later instead: basic-auth answers 401 when its user lookup fails while its database
+    restarts, and a password changed mid-sweep must not cost the sweep its metrics."""
+    return getattr(err, "error_code", None) in DENIED_ERRORS
+
+
+def is_transient(err: BaseException) -> bool:
+    """Worth retrying (server down, db locked): neither refused nor denied."""
+    return isinstance(err, Exception) and not is_refused(err) and not is_denied(err)
 
 
 def is_disk_full(err: BaseException) -> bool:
@@ -489,18 +514,19 @@ def create_run_once(client: "MlflowClient", exp_id: str, run_tags: dict, run_nam
                     start_time: Optional[int] = None):
     """Create the run tagged `tags.RUN_KEY` = run_tags[RUN_KEY], once.
 
-    A request to a server can commit and lose its answer (the server killed, a timeout); the
-    retry, MLflow's own or ours, would make a second run. So a server store is first asked for
-    the key, and asked again after creating: of two, the older stays and the other is deleted
-    (it holds nothing but its tags). A database store commits or raises: no question asked.
+    The store is first asked for the key: a create saved in a journal may have reached the
+    store already (one in flight when its run closed, see runner/outbox.py). A request to a
+    server can also commit and lose its answer (the server killed, a timeout); the retry,
+    MLflow's own or ours, would make a second run. So a server is asked again after creating:
+    of two, the older stays and the other is deleted (it holds nothing but its tags). A
+    database store commits or raises: no second question.
     """
     key = run_tags[tags.RUN_KEY]
     remote = client.tracking_uri.startswith(("http://", "https://"))
     query = f"tags.`{tags.RUN_KEY}` = '{key}'"
-    if remote:
-        found = client.search_runs([exp_id], query, max_results=10)
-        if found:
-            return min(found, key=lambda r: (r.info.start_time, r.info.run_id))
+    found = client.search_runs([exp_id], query, max_results=10)
+    if found:
+        return min(found, key=lambda r: (r.info.start_time, r.info.run_id))
     run = client.create_run(exp_id, start_time=start_time, tags=run_tags, run_name=run_name)
     if remote:
         found = client.search_runs([exp_id], query, max_results=10)

@@ -30,6 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from omegaconf import OmegaConf
 
 from runner import codeversion, joblog, store, tags
+from runner.config import ConfigError
 from runner.outbox import Outbox, WritesLost, one_line
 # Where the store is: re-exported, callers have always found these here.
 from runner.store import artifact_location, experiment_id, tracking_uri  # noqa: F401
@@ -187,7 +188,15 @@ class TrackedRun:
                 self.run_id = run.info.run_id
                 return None
             except Exception as err:
-                if not store.is_transient(err):
+                if getattr(err, "error_code", None) == "UNAUTHENTICATED":
+                    # The sweep's check let this login in; basic-auth also answers 401 when
+                    # its user lookup fails mid-restart. Asked again: refused now, one line
+                    # (AccessDenied); accepted, it was the restart, and the create is retried.
+                    try:
+                        store.check_login(uri)
+                    except ConfigError as refused:
+                        raise store.AccessDenied(str(refused)) from None
+                elif not store.is_transient(err):
                     denied = store.permission_error(err, uri, self.cfg.mlflow.experiment_name)
                     raise (store.AccessDenied(denied) if denied else err)
                 if store.is_disk_full(err) or time.monotonic() > deadline:

@@ -85,3 +85,39 @@ def mount_tmpfs(folder, size: str) -> None:
                              capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs to fill ({mounted.stderr.strip()}): needs root")
+
+
+# Headless Chromium for the browser tests (test_ui.py, test_server.py): Debian's `chromium`
+# driven by selenium through Debian's /usr/bin/chromedriver, so nothing is downloaded.
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+# As the machine's notes say: without the background-networking flags Chromium keeps trying
+# to reach Google's hosts, which this closed network refuses.
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--window-size=1500,1000")
+
+
+def chromium_missing():
+    """What a browser test lacks here (a line naming the package), or None."""
+    for binary, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not os.access(binary, os.X_OK):
+            return f"{binary} missing: apt-get install {package}"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium missing: pip install -e '.[ui-test]'"
+    return None
+
+
+def start_chromium(profile_dir):
+    """A headless Chromium with a fresh profile in `profile_dir`; quit() it when done. Set
+    SE_OFFLINE=true around it: a driver path is given, so Selenium Manager has nothing to
+    look up, and offline it tries no download even if it were asked."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))

@@ -143,3 +143,41 @@ def test_a_last_line_cut_short_is_named_as_such(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines() == [
         f"sweeplab: warning: {path} line 4: cut short: its process died while writing it; left "
         f"out, the other lines are uploaded"]
+
+
+# ---------------------------------------------------------------- refused writes
+
+def test_a_write_the_store_refuses_is_dropped_loudly_and_counted(tmp_path, thread_errors,
+                                                                 capsys):
+    """Only a request the store itself refuses is dropped (here: metrics for a deleted run,
+    which sqlite refuses as MLflow always does); one line says so and the counters hold it."""
+    client, run_id = _run(f"sqlite:///{tmp_path}/mlflow.db")
+    client.delete_run(run_id)
+    box = outbox.Outbox(client, run_id, str(tmp_path / "job"),
+                        {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "run_name": "lr=0.1"})
+    box.put({"op": "log_batch", "metrics": [["loss", float(i), 0, i] for i in range(7)]})
+    assert box.close() is None  # nothing to keep: sent again it would be refused again
+    assert (box.refused, box.values_dropped, box.dropped) == (1, 7, 0)
+    assert thread_errors == []
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("sweeplab: warning: run lr=0.1: MLflow refused log_batch (7 "
+                               "metric values): ")
+    assert lines[0].endswith("dropped (sent again it would be refused again)")
+
+
+def test_sync_leaves_out_a_write_the_store_refuses_and_uploads_the_rest(tmp_path, capsys):
+    """A param that changed value is refused for good: the replay says so and goes on (it
+    used to stop there, at the same write on every `sweeplab sync`)."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    params = [json.dumps({"op": "log_batch", "params": [["optimizer.lr", lr]]})
+              for lr in ("0.1", "0.2")]
+    path = _journal(tmp_path, uri, [*params, _metric(1)])
+    run_id, done = outbox.replay(str(path))
+    assert done == 4
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"sweeplab: warning: {path}: MLflow refused log_batch (1 param): "), lines
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(run_id).data.params == {"optimizer.lr": "0.1"}
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1]

@@ -563,6 +563,43 @@ def test_a_run_that_never_reached_its_server_is_created_by_sync(tmp_path, mlflow
         {a.path for a in client.list_artifacts(runs[0].info.run_id)}
 
 
+def test_a_run_closed_while_its_server_hangs_keeps_the_write_in_flight(tmp_path, mlflow_server,
+                                                                      monkeypatch, capsys):
+    """The server stops answering (SIGSTOP: it takes the request and says nothing) while the
+    outbox sends a metric batch. Closing stops waiting: the batch in flight goes to the
+    journal with everything queued, not only what was still queued (the process may exit
+    before that request ends), and sync uploads it once even if the server did take it."""
+    from runner import outbox
+
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    run_id = client.create_run(client.create_experiment("hang")).info.run_id
+    monkeypatch.setattr(outbox, "CLOSE_WAIT_SECONDS", 2.0)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "4")  # the request in flight ends soon
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.killpg(mlflow_server.proc.pid, signal.SIGSTOP)
+    try:
+        box = outbox.Outbox(client, run_id, str(tmp_path / "job"),
+                            {"tracking_uri": mlflow_server.uri, "run_name": "lr=0.1"})
+        box.put({"op": "log_batch", "metrics": [["loss", 1.0 / s, 1000, s] for s in range(1, 51)]})
+        time.sleep(1.0)  # the thread has taken the batch: it waits for the server's answer
+        box.put({"op": "set_terminated", "status": "FINISHED", "end_time": 2000})
+        journal = box.close()
+        assert journal is not None
+        header, ops = outbox.read_journal(journal)
+        assert [op["op"] for op in ops] == ["log_batch", "set_terminated"]
+        assert header["run_id"] == run_id and box.dropped == 0
+        box.thread.join(30)  # its request times out; it sees closing took over and ends
+        assert not box.thread.is_alive()
+        assert outbox.read_journal(journal)[1] == ops  # nothing journaled twice
+    finally:
+        os.killpg(mlflow_server.proc.pid, signal.SIGCONT)
+    assert "no answer within 2 s" in capsys.readouterr().err
+    outbox.replay(journal)
+    assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == \
+        list(range(1, 51))
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
 # ---------------------------------------------------------------- failures and resume
 
 def write_npz(folder, labels_high=9):

@@ -22,6 +22,7 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import chromium_missing, compose_cfg, start_chromium
 from runner import bulk_metrics, server, store
 
 pytestmark = pytest.mark.server
@@ -351,6 +352,120 @@ def test_no_password_reaches_the_store_the_logs_the_terminal_or_the_report(team)
                 assert PASSWORD.encode() not in f.read(), os.path.join(folder, name)
 
 
+def test_a_login_refused_when_the_run_is_created_is_one_line(team, monkeypatch):
+    """A 401 at create time is asked again (basic-auth also answers 401 mid-restart): refused
+    again, it is the one line the store check gives."""
+    from runner.tracking import JobContext, TrackedRun
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
+    cfg = compose_cfg(*SHORT, f"mlflow.tracking_uri={team.uri}")
+    run = TrackedRun(cfg, JobContext(output_dir=public_folder("create-")), {})
+    with pytest.raises(store.AccessDenied, match="refused user 'admin': wrong "
+                                                 "MLFLOW_TRACKING_USERNAME or"):
+        run.__enter__()
+
+
+def test_a_login_refused_mid_run_keeps_the_writes_for_sync(team, monkeypatch, capsys):
+    """basic-auth answers 401 to a run that is already writing: when its user lookup fails
+    while its database restarts, or after a password change mid-sweep (what this test does:
+    the same answer, on demand). The outbox retries, then saves the writes in its journal:
+    none is dropped, and `sweeplab sync` with the right password uploads every value."""
+    from runner import outbox
+
+    folder = public_folder("relogin-")
+    client = store.open_client(team.uri)  # MLflow's variables: the admin (see admin_client_env)
+    run_id = client.create_run(store.ensure_experiment(client, "relogin", None)).info.run_id
+    monkeypatch.setenv("SWEEPLAB_MLFLOW_GIVE_UP_SECONDS", "3")
+    box = outbox.Outbox(client, run_id, folder, {"tracking_uri": team.uri, "run_name": "relogin"})
+
+    def batch(steps):
+        return {"op": "log_batch", "metrics": [["loss", 1.0 / s, 1000, s] for s in steps]}
+
+    box.put(batch(range(1, 101)))
+    wait_until(lambda: len(client.get_metric_history(run_id, "loss")) == 100, 60,
+               "the first batch in the store")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "not-the-password")
+    box.put(batch(range(101, 201)))
+    box.put({"op": "set_terminated", "status": "FINISHED", "end_time": 2000})
+    journal = box.close()
+    assert journal is not None  # before: both refused as if bad requests, and dropped
+    assert [op["op"] for op in outbox.read_journal(journal)[1]] == ["log_batch", "set_terminated"]
+    assert (box.refused, box.values_dropped, box.dropped) == (0, 0, 0)
+    said = capsys.readouterr().err
+    assert "error code 401" in said and "upload it later with: sweeplab sync" in said
+    assert "not-the-password" not in said and PASSWORD not in open(journal).read()
+
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", PASSWORD)
+    code, out = sweeplab(["sync", folder], folder, as_admin(folder), timeout=120)
+    assert code == 0, out
+    assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == \
+        list(range(1, 201))
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+# ---------------------------------------------------------------- the UI, in a browser
+
+@pytest.fixture
+def chromium(tmp_path, monkeypatch):
+    """Headless Debian Chromium (as `make test-ui` drives it), fresh profile, no login yet."""
+    if chromium_missing():
+        pytest.skip(f"{chromium_missing()} (make test-server installs it)")
+    monkeypatch.setenv("SE_OFFLINE", "true")  # see start_chromium
+    driver = start_chromium(tmp_path / "chromium")
+    yield driver
+    driver.quit()
+
+
+def test_a_user_logs_in_to_the_ui_and_sees_the_sweep(team, chromium):
+    """The issue's "done when": a sweep run with a password, then the MLflow UI in a browser.
+    Without a login the API and the page answer 401. Logged in (the browser answers
+    basic-auth's challenge with the user and password, as its login dialog does, and keeps
+    them for the page's own API calls), the runs table shows the sweep and its jobs."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    home = public_folder("ui-")
+    code, out = sweeplab(["-m", *SHORT, "optimizer.lr=0.1,0.01", "mlflow.experiment_name=ui",
+                          f"mlflow.tracking_uri={team.uri}"], home, as_admin(home))
+    assert code == 0, out[-3000:]
+    _, runs = runs_of(team.uri, "ui")
+    parent = [r.info.run_id for r in runs if r.data.tags.get("sweeplab.role") == "sweep"]
+    children = {r.info.run_id for r in runs if r.info.run_id not in parent}
+    assert len(parent) == 1 and len(children) == 2
+    table = (f"{team.uri}/#/experiments/{runs[0].info.experiment_id}/runs"
+             f"?workflowType=machine_learning")  # MLflow 3 opens the GenAI overview otherwise
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{team.uri}/api/2.0/mlflow/runs/get?run_id={parent[0]}",
+                               timeout=10)
+    assert refused.value.code == 401
+    chromium.get(table)  # headless, the login dialog is an empty page: its status tells
+    assert chromium.execute_script(
+        "return performance.getEntriesByType('navigation').map(e => e.responseStatus)") == [401]
+
+    rows = ".ag-pinned-left-cols-container [role=row]"  # row-id = run id (see test_ui.py)
+
+    def shown(driver):
+        return {r.get_attribute("row-id") for r in driver.find_elements(By.CSS_SELECTOR, rows)}
+
+    def wait(condition, what):
+        try:
+            return WebDriverWait(chromium, 90, poll_frequency=0.5).until(condition)
+        except TimeoutException:  # say what never showed; the page's URL may hold the password
+            pytest.fail(f"the MLflow UI never showed {what} in 90 s")
+
+    # Logging in. The page must then be opened at its own address: Chromium refuses the
+    # page's fetch() calls while its address holds a user and password.
+    chromium.get(f"http://admin:{PASSWORD}@127.0.0.1:{team.port}/")
+    chromium.get(table)
+    wait(lambda d: parent[0] in shown(d), "the sweep's row after logging in")
+    chromium.find_element(By.CSS_SELECTOR, f'{rows}[row-id="{parent[0]}"] '
+                                           f'[col-id="attributes.`Run Name`"] button').click()
+    wait(lambda d: shown(d) == {parent[0], *children}, "the sweep's 2 jobs under it")
+    assert PASSWORD not in chromium.current_url
+
+
 # ---------------------------------------------------------------- direct PostgreSQL
 
 @pytest.fixture(scope="module")
@@ -513,6 +628,10 @@ def test_four_sweeps_at_once_survive_a_killed_mlflow_and_a_postgresql_restart():
         said = [line for p in procs.values() for line in p.lines
                 if "refused" in line or "sweeplab: error" in line or "WARNING" in line]
         assert lost == 0, (short, said[:20])
+        # A dropped value is always said (runner/outbox.py): nothing here may say so.
+        dropped = [line for line in [*said, *out.splitlines()]
+                   if "MLflow refused" in line or "they are lost" in line]
+        assert dropped == [], dropped[:20]
         assert values >= 200_000
         assert still_running, "the sweeps ended before the faults: raise LOAD_STEPS"
     finally:

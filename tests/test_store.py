@@ -162,3 +162,34 @@ def test_redact_hides_every_password_in_a_uri(text, redacted, without):
 def test_every_log_record_is_redacted(caplog):
     logging.getLogger("sweeplab.test").warning("store %s", "http://alice:s3cret@127.0.0.1:5000")
     assert "s3cret" not in caplog.text and "alice:***@" in caplog.text
+
+
+def _answer(code, message):
+    """An error as MLflow's client raises it for the server's JSON answer."""
+    from mlflow.exceptions import RestException
+    return RestException({"error_code": code, "message": message})
+
+
+@pytest.mark.parametrize("code, message, refused, denied", [
+    ("INVALID_PARAMETER_VALUE", "Changing param values is not allowed", True, False),
+    ("BAD_REQUEST", "Invalid JSON payload", True, False),
+    # MLflow's server wraps database errors other than OperationalError as BAD_REQUEST:
+    ("BAD_REQUEST", "(psycopg.errors.UniqueViolation) duplicate key value violates unique "
+                    "constraint \"latest_metric_pk\"", False, False),
+    ("BAD_REQUEST", "Can't reconnect until invalid transaction is rolled back. (Background on "
+                    "this error at: https://sqlalche.me/e/21/8s2b)", False, False),
+    ("UNAUTHENTICATED", "You are not authenticated.", False, True),
+    ("PERMISSION_DENIED", "Permission denied", False, True),
+    ("TEMPORARILY_UNAVAILABLE", "(psycopg.OperationalError) the database system is shutting "
+                                "down", False, False),
+    ("INTERNAL_ERROR", "Error in _before_request", False, False),
+])
+def test_refused_denied_and_transient_answers(code, message, refused, denied):
+    err = _answer(code, message)
+    assert store.is_refused(err) is refused and store.is_denied(err) is denied
+    assert store.is_transient(err) is (not refused and not denied)
+
+
+def test_no_answer_at_all_is_transient():
+    assert store.is_transient(ConnectionRefusedError(111, "Connection refused"))
+    assert not store.is_refused(TimeoutError("read timed out"))

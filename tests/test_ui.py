@@ -25,20 +25,14 @@ from typing import Dict, List
 
 import pytest
 
-from conftest import ROOT, cli_env, run_cli, runs_of
+from conftest import ROOT, chromium_missing, cli_env, run_cli, runs_of, start_chromium
 from runner.report import newest_sweep_links
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-for _binary, _package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
-    if not os.access(_binary, os.X_OK):
-        pytest.skip(f"{_binary} missing: apt-get install {_package} (make test-ui does)",
-                    allow_module_level=True)
-webdriver = pytest.importorskip(
-    "selenium.webdriver", reason="selenium missing: pip install -e '.[ui-test]' (make test-ui)")
+if chromium_missing():
+    pytest.skip(f"{chromium_missing()} (make test-ui does)", allow_module_level=True)
 from selenium.common.exceptions import TimeoutException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -47,11 +41,6 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 SWEEP = ("-m", "model=mlp", "model.hidden=[16]", "optimizer.lr=0.01,0.001",
          "clipping=none,global_norm", "train.steps=20", "train.eval_every=10",
          "train.eval_size=50")
-# As the machine's notes say: without the background-networking flags Chromium keeps trying
-# to reach Google's hosts, which this closed network refuses.
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--window-size=1500,1000")
 WAIT = 90  # seconds for a page or a server on a loaded 2-core machine
 SHOTS = ROOT / "docs" / "img"
 ROWS = ".ag-pinned-left-cols-container [role=row]"
@@ -136,14 +125,8 @@ def _stop_group(server: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory, monkeypatch_module):
     """Headless Debian Chromium with a fresh profile, driven through Debian's chromedriver."""
-    # A driver path is given, so Selenium Manager has nothing to look up; offline, it tries
-    # no download even if it were asked.
-    monkeypatch_module.setenv("SE_OFFLINE", "true")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    monkeypatch_module.setenv("SE_OFFLINE", "true")  # see start_chromium
+    driver = start_chromium(tmp_path_factory.mktemp("chromium"))
     try:
         yield driver
     finally:
