@@ -292,7 +292,8 @@ def test_parent_run_report_opens_in_the_artifact_viewer(sweep, ui, browser):
         widths = browser.execute_script(
             "return Array.from(document.images, i => i.complete ? i.naturalWidth : -1)")
         assert len(widths) == 2 and min(widths) > 100, widths
-        assert len(browser.find_elements(By.CSS_SELECTOR, "table tr")) == 1 + len(sweep.outcomes)
+        # one row per job in the runs table (the configs table above it has one per config)
+        assert len(browser.find_elements(By.CSS_SELECTOR, "table.runs tr")) == 1 + len(sweep.outcomes)
     finally:
         browser.switch_to.default_content()
     time.sleep(1)  # let the iframe paint before the screenshot
