@@ -11,6 +11,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing import connection
@@ -141,11 +142,40 @@ class Pool:
         return w.process.is_alive()
 
 
-def idle_cores() -> int:
-    """Cores this process may use that the machine's 1-minute load leaves idle (>= 0)."""
+def idle_cores(window: float = 0.3) -> int:
+    """Cores this process may use that are idle now (>= 0): the machine's idle CPU time over
+    `window` seconds (Linux's /proc/stat), else what its 1-minute load leaves.
+
+    Not the load average alone: it decays over minutes, so a sweep started right after
+    another one (make bench-sweep's rows, a script of sweeps) saw the previous sweep's load
+    and trained on one core of two idle ones.
+    """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(0, int((cores or 1) - load + 0.5))
+    cores = cores or 1
+    busy = _busy_cores(window)
+    if busy is None:
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(0, min(cores, int(cores - busy + 0.5)))
+
+
+def _busy_cores(window: float) -> Optional[float]:
+    """Cores' worth of CPU time used over the next `window` seconds; None off Linux."""
+    def sample():
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle  # user..steal: guest time is already in user
+    try:
+        total_before, idle_before = sample()
+        time.sleep(window)
+        total_after, idle_after = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total_after - total_before
+    if total <= 0:
+        return None
+    host_cores = os.cpu_count() or 1  # /proc/stat's first line adds up every CPU
+    return host_cores * (total - (idle_after - idle_before)) / total
 
 
 def choose_workers(jobs: Optional[int], job_steps: Optional[int], idle: int,

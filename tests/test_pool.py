@@ -4,6 +4,8 @@ The targets below are module functions, as the pool needs (a worker imports them
 """
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -115,3 +117,15 @@ def test_the_number_of_workers_follows_the_sweep_and_the_idle_cores(jobs, steps,
 def test_idle_cores_are_the_cores_minus_the_load():
     cores = len(os.sched_getaffinity(0))
     assert 0 <= pool.idle_cores() <= cores
+
+
+def test_idle_cores_see_a_busy_core_now_not_a_minute_later():
+    """A process spinning right now takes a core off at once (the 1-minute load average
+    would take about a minute to show it, and as long to forget it)."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)  # it is running
+        assert pool.idle_cores() <= len(os.sched_getaffinity(0)) - 1
+    finally:
+        spinner.kill()
+        spinner.wait()

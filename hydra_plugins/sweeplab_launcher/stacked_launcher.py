@@ -26,7 +26,7 @@ class StackedLauncherConf:
     max_stack: int = 16
     # Processes that train groups of jobs; 1 = in the launching process. null = chosen so a
     # sweep never pays for workers it cannot use (runner/pool.py, choose_workers): at most
-    # one per core the machine's 1-minute load leaves idle (a busy machine gets 1), one per
+    # one per core idle at launch (CPU time sampled for 0.3 s) (a busy machine gets 1), one per
     # two jobs, one per 1000 job-steps (jobs x train.steps), and 4 (each holds ~1 GB).
     n_workers: Optional[int] = None
 
