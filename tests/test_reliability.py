@@ -462,6 +462,9 @@ def test_an_unreachable_server_is_one_line(tmp_path, multirun):
     assert "Traceback" not in done.stderr
 
 
+# Slow (33 s): the server tier (tests/test_server.py, in CI) kills `sweeplab server`'s mlflow
+# mid-sweep and checks the same recovery by `sweeplab sync`; `make test-slow` runs this one.
+@pytest.mark.slow
 def test_server_killed_mid_run_training_finishes_and_sync_uploads_the_rest(tmp_path,
                                                                            mlflow_server):
     run_dir = tmp_path / "run"
