@@ -121,24 +121,24 @@ def make_train_steps(net, update: Update, batches, objective: Callable, capacity
                   stats["clip_fraction"])
         return applied, values, stats["var_norms"], stats["var_norms_clipped"]
 
-    def more(i, k, applied, series, norms):
-        return (i < k) & tf.reduce_any(alive)
-
-    def body(i, k, applied, series, norms):
-        now, values, before, after = step()
-        series = [ta.write(i, tf.cast(v, tf.float32)) for ta, v in zip(series, values)]
-        norms = [norms[0].write(i, before), norms[1].write(i, after)]
-        return i + 1, k, applied + tf.cast(now, tf.int32), series, norms
-
     # An explicit while_loop and no AutoGraph: converting the loop (and what it calls) cost
     # ~1 s of every graph's first call.
     @tf.function(jit_compile=jit_compile, autograph=False)
     def train_steps(k):
+        def more(i, applied, series, norms):
+            return (i < k) & tf.reduce_any(alive)
+
+        def body(i, applied, series, norms):
+            now, values, before, after = step()
+            series = [ta.write(i, tf.cast(v, tf.float32)) for ta, v in zip(series, values)]
+            norms = [norms[0].write(i, before), norms[1].write(i, after)]
+            return i + 1, applied + tf.cast(now, tf.int32), series, norms
+
         series = [tf.TensorArray(tf.float32, size=capacity, element_shape=(n,)) for _ in SERIES]
         norms = [tf.TensorArray(tf.float32, size=capacity, element_shape=(n, n_vars))
                  for _ in range(2)]
-        _, _, applied, series, norms = tf.while_loop(
-            more, body, (tf.constant(0), k, tf.zeros([n], tf.int32), series, norms))
+        _, applied, series, norms = tf.while_loop(
+            more, body, (tf.constant(0), tf.zeros([n], tf.int32), series, norms))
         return applied, alive.read_value(), [ta.stack() for ta in series], \
             [ta.stack() for ta in norms]
 

@@ -172,8 +172,8 @@ class Optimizer:
             return [tuple(tf.where(clipping.per_job(mask, n), n, o) for n, o in zip(new, old))
                     for new, old in zip(news, olds)]
 
-        # Every job applied (nearly every step): no select at all, a third of the update's
-        # passes over the weights saved; the values are the same either way.
+        # Every job applied (nearly every step): no select at all (Adam: three per variable,
+        # on the weight and both slots); the values are the same either way.
         values = tf.cond(tf.reduce_all(mask), lambda: news, masked)
         for variable, slots, (new, *new_slots) in zip(self.variables, self.slots, values):
             for slot, value in zip(slots.values(), new_slots):

@@ -182,24 +182,37 @@ def wait_for_postgres(folder: str, proc: subprocess.Popen, role: str,
     """Until the `postgres` database accepts a connection; then create DATABASES if missing."""
     import psycopg  # lazy: the driver is an extra, checked in main()
 
+    def create_databases():
+        with psycopg.connect(host=socket_dir(folder), user=role, dbname="postgres",
+                             autocommit=True, connect_timeout=5) as conn:
+            have = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
+            for name in DATABASES:
+                if name not in have:
+                    conn.execute(f'CREATE DATABASE "{name}"')
+
+    retry_until_up(create_databases, psycopg.OperationalError, proc, timeout, pause=0.2,
+                   exited=lambda code: f"PostgreSQL exited at start (code {code}); see "
+                                       f"{os.path.join(folder, 'postgres.log')}",
+                   silent=lambda err: f"PostgreSQL did not answer within {timeout:.0f} s "
+                                      f"({str(err).strip().splitlines()[-1]})")
+
+
+def retry_until_up(attempt, errors, proc: subprocess.Popen, timeout: float, pause: float,
+                   exited, silent) -> None:
+    """Call `attempt()` until it raises none of `errors` (a service still starting); a
+    RuntimeError with the line `exited(code)` if `proc` ends first, `silent(last error)` once
+    `timeout` seconds have passed."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with psycopg.connect(host=socket_dir(folder), user=role, dbname="postgres",
-                                 autocommit=True, connect_timeout=5) as conn:
-                have = {r[0] for r in conn.execute("SELECT datname FROM pg_database")}
-                for name in DATABASES:
-                    if name not in have:
-                        conn.execute(f'CREATE DATABASE "{name}"')
-                return
-        except psycopg.OperationalError as err:
+            attempt()
+            return
+        except errors as err:
             if proc.poll() is not None:
-                raise RuntimeError(f"PostgreSQL exited at start (code {proc.returncode}); see "
-                                   f"{os.path.join(folder, 'postgres.log')}") from None
+                raise RuntimeError(exited(proc.returncode)) from None
             if time.monotonic() > deadline:
-                raise RuntimeError(f"PostgreSQL did not answer within {timeout:.0f} s "
-                                   f"({str(err).strip().splitlines()[-1]})") from None
-            time.sleep(0.2)
+                raise RuntimeError(silent(err)) from None
+            time.sleep(pause)
 
 
 # ---------------------------------------------------------------- mlflow server
@@ -254,19 +267,15 @@ def local_uri(host: str, port: int) -> str:
 
 def wait_for_mlflow(uri: str, proc: subprocess.Popen, log_path: str,
                     timeout: float = START_SECONDS) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(uri + "/health", timeout=2):
-                return
-        except (urllib.error.URLError, OSError):
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited at start (code {proc.returncode}): "
-                                   f"{last_line(log_path)}; see {log_path}") from None
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not answer at {uri} within "
-                                   f"{timeout:.0f} s; see {log_path}") from None
-            time.sleep(0.3)
+    def health():
+        with urllib.request.urlopen(uri + "/health", timeout=2):
+            pass
+
+    retry_until_up(health, (urllib.error.URLError, OSError), proc, timeout, pause=0.3,
+                   exited=lambda code: f"mlflow server exited at start (code {code}): "
+                                       f"{last_line(log_path)}; see {log_path}",
+                   silent=lambda err: f"mlflow server did not answer at {uri} within "
+                                      f"{timeout:.0f} s; see {log_path}")
 
 
 def last_line(path: str) -> str:

@@ -2,8 +2,11 @@
 MLflow store it wrote, and write a tiny PTB-style corpus."""
 import os
 import random
+import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +124,42 @@ def start_chromium(profile_dir):
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}"):
         options.add_argument(flag)
     return webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+
+
+class Proc:
+    """A command in its own process group (signals reach all it starts); its output, stdout
+    and stderr together, collected line by line while it runs."""
+
+    def __init__(self, args, cwd, env):
+        self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True,
+                                     start_new_session=True)
+        self.lines = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern, timeout=300):
+        """Block until a line matches `pattern` (the process still running)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(re.search(pattern, line) for line in self.lines):
+                return
+            if self.proc.poll() is not None:
+                time.sleep(0.5)  # let the reader catch up
+                raise AssertionError(f"exited ({self.proc.returncode}) before {pattern!r}:\n"
+                                     + self.output[-4000:])
+            time.sleep(0.05)
+        raise AssertionError(f"no {pattern!r} within {timeout} s:\n" + self.output[-4000:])
+
+    def finish(self, timeout=600) -> int:
+        code = self.proc.wait(timeout)
+        self.reader.join(10)
+        return code

@@ -11,13 +11,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
 import numpy as np
 import pytest
-from conftest import compose_cfg
+from conftest import Proc, compose_cfg
 from mlflow.tracking import MlflowClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,42 +34,9 @@ def cli_env(tmp_path, **extra):
                 PYTHONUNBUFFERED="1", **extra)
 
 
-class Cli:
+def Cli(args, cwd, env) -> Proc:
     """`python -m runner ARGS` in its own process group; output collected line by line."""
-
-    def __init__(self, args, cwd, env):
-        self.proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=cwd, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, start_new_session=True)
-        self.lines = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for(self, pattern, timeout=300):
-        """Block until a line matches `pattern` (the process still running)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(re.search(pattern, line) for line in self.lines):
-                return
-            if self.proc.poll() is not None:
-                time.sleep(0.5)  # let the reader catch up
-                raise AssertionError(f"exited ({self.proc.returncode}) before {pattern!r}:\n"
-                                     + self.output[-4000:])
-            time.sleep(0.05)
-        raise AssertionError(f"no {pattern!r} within {timeout} s:\n" + self.output[-4000:])
-
-    def finish(self, timeout=300) -> int:
-        code = self.proc.wait(timeout)
-        self.reader.join(10)
-        return code
+    return Proc([sys.executable, "-m", "runner", *args], cwd, env)
 
 
 def group_members(pgid):

@@ -8,13 +8,11 @@ test folders live under a world-enterable /tmp folder, not pytest's private tmp_
 import base64
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +20,7 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import chromium_missing, compose_cfg, start_chromium
+from conftest import Proc, chromium_missing, compose_cfg, start_chromium
 from runner import bulk_metrics, server, store
 
 pytestmark = pytest.mark.server
@@ -65,43 +63,6 @@ def remove_public_folders():
     yield
     if _BASE:
         shutil.rmtree(_BASE.pop(), ignore_errors=True)
-
-
-class Proc:
-    """A command in its own process group; output collected line by line."""
-
-    def __init__(self, args, cwd, env):
-        self.proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
-        self.lines = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self):
-        return "\n".join(self.lines)
-
-    def wait_for(self, pattern, timeout=240):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(re.search(pattern, line) for line in self.lines):
-                return
-            if self.proc.poll() is not None:
-                time.sleep(0.3)
-                raise AssertionError(f"exited ({self.proc.returncode}) before {pattern!r}:\n"
-                                     + self.output[-3000:])
-            time.sleep(0.1)
-        raise AssertionError(f"no {pattern!r} within {timeout} s:\n" + self.output[-3000:])
-
-    def finish(self, timeout=600):
-        code = self.proc.wait(timeout)
-        self.reader.join(10)
-        return code
 
 
 def sweeplab(args, cwd, env, timeout=600):

@@ -37,7 +37,7 @@ class Composer:
         self._parser = OverridesParser.create()
         self._bases: Dict[Tuple[str, ...], DictConfig] = {}
         self._dirname = _dirname_fn()
-        self.full, self.fast = 0, 0  # how many jobs took which path (for tests and the log)
+        self.full, self.fast = 0, 0  # how many jobs took which path (tests read them)
 
     def load_sweep_config(self, master_config: DictConfig,
                           sweep_overrides: Sequence[str]) -> DictConfig:

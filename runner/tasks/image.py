@@ -148,10 +148,6 @@ def make_evaluate(train_cfg, net):
 
     def evaluate(x, y):
         count = y.shape[-1]
-        if count <= train_cfg.eval_batch_size:  # one chunk (a validation window)
-            loss_sum, correct = (t.numpy() for t in chunk(tf.convert_to_tensor(x),
-                                                          tf.convert_to_tensor(y)))
-            return [(float(l) / count, float(c) / count) for l, c in zip(loss_sum, correct)]
         loss_sum, correct = np.zeros(net.n), np.zeros(net.n)
         for start in range(0, count, train_cfg.eval_batch_size):
             stop = start + train_cfg.eval_batch_size
