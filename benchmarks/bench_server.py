@@ -4,15 +4,16 @@ values per second written to sqlite, the server, and PostgreSQL directly.
 
   s16     python -m runner -m hydra/launcher=stacked experiment=lenet_clip dataset=mnist_5k
               optimizer.lr=0.00005,0.0005,0.005,0.05 clipping=none,value,norm,global_norm
-  values  one run, VALUES metric values in batches of 1000 (what a run's outbox sends),
-          through runner.bulk_metrics (sqlite, direct PostgreSQL: one statement a batch) or
-          MLflow's REST log_batch (server)
+  values  one run, VALUES metric values in batches of 1000 through runner.bulk_metrics, as a
+          run's outbox sends them (sqlite, direct PostgreSQL: one statement a batch; server: a
+          REST log-batch request a batch)
 
-The server is started once in a temporary folder (needs `apt-get install postgresql` and
+Each sweep runs REPEAT times per store, alternated; the table shows medians. The server is
+started once in a temporary folder (needs `apt-get install postgresql` and
 `pip install -e .[postgres]`; the admin password is made up here). Target: the server's
 overhead on the sweep's wall time <= 10 %.
 
-Usage (`make bench-server` runs the first line; BENCH_SERVER_ARGS="--steps 20 --values 5000"
+Usage (`make bench-server` runs the first line; BENCH_SERVER_ARGS="--steps 20 --values 5000 --repeat 1"
 for a quick check):
   .venv/bin/python benchmarks/bench_server.py
 """
@@ -20,6 +21,7 @@ import argparse
 import os
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,7 +61,6 @@ def sweep(uri, folder, steps):
 
 
 def values_per_second(uri, count):
-    from mlflow.entities import Metric
     from runner import bulk_metrics, store
 
     client = store.open_client(uri)
@@ -68,12 +69,29 @@ def values_per_second(uri, count):
     rows = [["loss", float(i), now, i] for i in range(count)]
     started = time.perf_counter()
     for i in range(0, count, 1000):
-        batch = rows[i:i + 1000]
-        if uri.startswith("http"):
-            client.log_batch(run_id, metrics=[Metric(*m) for m in batch])
-        else:
-            bulk_metrics.log_metrics(client, run_id, batch)
+        bulk_metrics.log_metrics(client, run_id, rows[i:i + 1000])
     return count / (time.perf_counter() - started)
+
+
+def tree_cpu(pid):
+    """CPU seconds used so far by `pid` and every process below it (the server's PostgreSQL
+    and mlflow workers), from /proc."""
+    tick, parent, used = os.sysconf("SC_CLK_TCK"), {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(entry)] = int(fields[1])
+            used[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += used.get(current, 0.0)
+        todo += [child for child, up in parent.items() if up == current]
+    return total
 
 
 def main(argv=None):
@@ -81,6 +99,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, help="override train.steps of s16")
     parser.add_argument("--values", type=int, default=100_000)
     parser.add_argument("--port", type=int, default=5099)
+    parser.add_argument("--repeat", type=int, default=3, help="sweeps per store, alternated")
     args = parser.parse_args(argv)
     base = tempfile.mkdtemp(prefix="bench-server-")
     os.chmod(base, 0o755)  # PostgreSQL's OS user enters it when we are root
@@ -95,16 +114,25 @@ def main(argv=None):
             c.execute("CREATE DATABASE bench_direct")
         direct = server.store_uri(server_dir, "bench_direct")
         os.environ.update(MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=PASSWORD)
-        rows = []
-        for name, store_uri in [("sqlite", f"sqlite:///{base}/sqlite/mlflow.db"),
-                                ("server", uri)]:
-            folder = os.path.join(base, f"s16-{name}")
-            os.makedirs(folder)
-            wall, code = sweep(store_uri, folder, args.steps)
-            rows.append((name, wall, code))
-        print(f"\ns16 stacked sweep (16 jobs{f', {args.steps} steps' if args.steps else ''})")
-        for name, wall, code in rows:
-            print(f"  {name:8s} {wall:7.1f} s  exit {code}  x{wall / rows[0][1]:.2f}")
+        walls = {"sqlite": [], "server": []}
+        for repeat in range(args.repeat):  # alternated, so a slower minute hits both
+            for name, store_uri in [("sqlite", f"sqlite:///{base}/sqlite/mlflow.db"),
+                                    ("server", uri)]:
+                folder = os.path.join(base, f"s16-{name}-{repeat}")
+                os.makedirs(folder)
+                server_cpu = tree_cpu(proc.pid)
+                wall, code = sweep(store_uri, folder, args.steps)
+                server_cpu = tree_cpu(proc.pid) - server_cpu
+                walls[name].append(wall)
+                print(f"  repeat {repeat + 1}: {name:6s} {wall:6.1f} s  exit {code}  server "
+                      f"CPU during it {server_cpu:5.1f} s", flush=True)
+        base_wall = statistics.median(walls["sqlite"])
+        print(f"\ns16 stacked sweep (16 jobs{f', {args.steps} steps' if args.steps else ''}), "
+              f"median of {args.repeat}")
+        for name, times in walls.items():
+            wall = statistics.median(times)
+            print(f"  {name:8s} {wall:7.1f} s  x{wall / base_wall:.2f}  "
+                  f"(runs: {', '.join(f'{t:.1f}' for t in times)})")
         print(f"\nmetric values per second ({args.values} values, batches of 1000)")
         for name, store_uri in [("sqlite", f"sqlite:///{base}/values.db"), ("server", uri),
                                 ("postgres", direct)]:

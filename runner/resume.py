@@ -18,7 +18,7 @@ import os
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
 from runner import codeversion, store, tags
 from runner.outbox import journal_uri, one_line
@@ -117,9 +117,20 @@ def reopen_parent(client: MlflowClient, parent) -> str:
 
 # ---------------------------------------------------------------- the jobs it finished
 
+_parent_experiments: Dict[Tuple[str, str], str] = {}  # (store URI, sweep run) -> experiment
+
+
+def _experiment_of(client: MlflowClient, parent: str) -> str:
+    """The experiment of sweep run `parent`, asked once per process (a run never moves)."""
+    key = (client.tracking_uri, parent)
+    if key not in _parent_experiments:
+        _parent_experiments[key] = client.get_run(parent).info.experiment_id
+    return _parent_experiments[key]
+
+
 def finished_run(client: MlflowClient, parent: str, config_hash_: str):
     """The FINISHED run of this job config under `parent`, if an earlier attempt made one."""
-    exp_id = client.get_run(parent).info.experiment_id
+    exp_id = _experiment_of(client, parent)
     found = client.search_runs(
         [exp_id], f"tags.`{tags.PARENT_RUN}` = '{parent}' and tags.`{tags.CONFIG_HASH}` = "
                   f"'{config_hash_}' and attributes.status = 'FINISHED'", max_results=1)

@@ -7,8 +7,9 @@ Two child processes, supervised here:
   PostgreSQL refuses to run as root; started as root, it runs as the OS user `postgres` (made by
   Debian's package), else `sweeplab-pg` (created here with useradd). That user must be able to
   enter DIR.
-- `mlflow server --app-name basic-auth`: the tracking store in database `mlflow`, the users and
-  permissions in database `mlflow_auth` (basic-auth's ini, DIR/basic_auth.ini, names it),
+- `mlflow server --app-name sweeplab` (MLflow's basic-auth app, metric values written in one
+  statement per batch: runner/server_app.py): the tracking store in database `mlflow`, the users
+  and permissions in database `mlflow_auth` (basic-auth's ini, DIR/basic_auth.ini, names it),
   artifacts served from DIR/artifacts. The admin is MLflow's (`admin`, or
   $MLFLOW_AUTH_ADMIN_USERNAME) with the password in $MLFLOW_AUTH_ADMIN_PASSWORD (MLflow >= 3.16.1
   ships none; >= 12 characters), needed on the first start, when MLflow creates the admin.
@@ -41,6 +42,7 @@ DATABASES = ("mlflow", "mlflow_auth")  # tracking store, basic-auth users and pe
 ADMIN_PASSWORD_ENV = "MLFLOW_AUTH_ADMIN_PASSWORD"  # MLflow's own variable
 ADMIN_USERNAME_ENV = "MLFLOW_AUTH_ADMIN_USERNAME"
 SECRET_KEY_ENV = "MLFLOW_FLASK_SERVER_SECRET_KEY"  # basic-auth's CSRF key, shared by workers
+AUTH_BOOTSTRAPPED_ENV = "_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED"  # MLflow's: the admin exists already
 MIN_PASSWORD = 12  # MLflow's password policy
 AUTH_CACHE_SECONDS = 60  # basic-auth remembers a good password this long (per worker)
 START_SECONDS = 180.0  # how long a child may take to answer
@@ -231,7 +233,7 @@ def write_auth_ini(folder: str, role: str, default_permission: str) -> str:
 def start_mlflow(folder: str, args, role: str, ini: str) -> subprocess.Popen:
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
     command = [mlflow if os.path.exists(mlflow) else "mlflow", "server",
-               "--app-name", "basic-auth", "--backend-store-uri", store_uri(folder, "mlflow", role),
+               "--app-name", "sweeplab", "--backend-store-uri", store_uri(folder, "mlflow", role),
                "--serve-artifacts", "--artifacts-destination", os.path.join(folder, "artifacts"),
                "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
     if args.allowed_hosts:
@@ -241,8 +243,26 @@ def start_mlflow(folder: str, args, role: str, ini: str) -> subprocess.Popen:
                # MLflow 3's GenAI job runners: not needed to track sweeps; a quicker start/stop.
                MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     log = open(os.path.join(folder, "mlflow-server.log"), "ab")
+    bootstrap_auth(env, log)
+    env[AUTH_BOOTSTRAPPED_ENV] = "true"
     return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM))
+
+
+def bootstrap_auth(env: dict, log) -> None:
+    """Set up basic-auth's tables and the admin user once, before mlflow's workers start.
+
+    `mlflow server` does this itself only for the app named basic-auth; for ours (sweeplab,
+    runner/server_app.py) every worker would, all at once, migrating one fresh database
+    concurrently. So this runs MLflow's own bootstrap in a child and tells the workers it is
+    done, as `mlflow server` tells them.
+    """
+    done = subprocess.run([sys.executable, "-c", "from mlflow.server import "
+                           "_bootstrap_basic_auth as bootstrap; bootstrap()"],
+                          env=env, stdout=log, stderr=subprocess.STDOUT, timeout=START_SECONDS)
+    if done.returncode != 0:
+        raise RuntimeError(f"setting up the users' database failed: {last_line(log.name)}; "
+                           f"see {log.name}")
 
 
 def flask_secret(folder: str) -> str:

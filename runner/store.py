@@ -34,7 +34,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import TYPE_CHECKING, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
 from runner import tags
 from runner.config import ConfigError
@@ -251,19 +251,30 @@ def experiment_id(client: "MlflowClient", cfg, uri: str) -> str:
     return ensure_experiment(client, cfg.experiment_name, artifact_location(cfg, uri))
 
 
+# (store URI, experiment name) -> id, per process: an experiment's id never changes, and a
+# launcher's jobs all ask for the same one (a tracking server spends ~40 ms of CPU on each ask).
+_experiment_ids: Dict[Tuple[str, str], str] = {}
+
+
 def ensure_experiment(client: "MlflowClient", name: str, artifacts: Optional[str]) -> str:
     from mlflow.exceptions import MlflowException  # lazy: see the module's docstring
 
+    key = (client.tracking_uri, name)
+    if key in _experiment_ids:
+        return _experiment_ids[key]
     found = client.get_experiment_by_name(name)
     if found is not None:
+        _experiment_ids[key] = found.experiment_id
         return found.experiment_id
     try:
-        return client.create_experiment(name, artifacts)
+        made = client.create_experiment(name, artifacts)
     except MlflowException:  # created by a concurrent job in the meantime
         found = client.get_experiment_by_name(name)
         if found is None:
             raise
-        return found.experiment_id
+        made = found.experiment_id
+    _experiment_ids[key] = made
+    return made
 
 
 # ---------------------------------------------------------------- the check before work
@@ -511,11 +522,12 @@ def is_disk_full(err: BaseException) -> bool:
 # ---------------------------------------------------------------- creating a run once
 
 def create_run_once(client: "MlflowClient", exp_id: str, run_tags: dict, run_name: str,
-                    start_time: Optional[int] = None):
+                    start_time: Optional[int] = None, first_send: bool = False):
     """Create the run tagged `tags.RUN_KEY` = run_tags[RUN_KEY], once.
 
     The store is first asked for the key: a create saved in a journal may have reached the
-    store already (one in flight when its run closed, see runner/outbox.py). A request to a
+    store already (one in flight when its run closed, see runner/outbox.py); not when
+    `first_send` says this key was made just now and is sent for the first time. A request to a
     server can also commit and lose its answer (the server killed, a timeout); the retry,
     MLflow's own or ours, would make a second run. So a server is asked again after creating:
     of two, the older stays and the other is deleted (it holds nothing but its tags). A
@@ -524,7 +536,7 @@ def create_run_once(client: "MlflowClient", exp_id: str, run_tags: dict, run_nam
     key = run_tags[tags.RUN_KEY]
     remote = client.tracking_uri.startswith(("http://", "https://"))
     query = f"tags.`{tags.RUN_KEY}` = '{key}'"
-    found = client.search_runs([exp_id], query, max_results=10)
+    found = [] if first_send else client.search_runs([exp_id], query, max_results=10)
     if found:
         return min(found, key=lambda r: (r.info.start_time, r.info.run_id))
     run = client.create_run(exp_id, start_time=start_time, tags=run_tags, run_name=run_name)

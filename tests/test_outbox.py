@@ -181,3 +181,28 @@ def test_sync_leaves_out_a_write_the_store_refuses_and_uploads_the_rest(tmp_path
     client = MlflowClient(tracking_uri=uri)
     assert client.get_run(run_id).data.params == {"optimizer.lr": "0.1"}
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1]
+
+
+# ---------------------------------------------------------------- batching
+
+def test_metrics_go_out_in_whole_batches_and_all_arrive(tmp_path):
+    """Each batch is one request to a tracking server: only the last may be part-full."""
+    from runner import tracking
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = compose_cfg("model=mlp", f"mlflow.tracking_uri={uri}")
+    sizes = []
+    with TrackedRun(cfg, JobContext(output_dir=str(tmp_path)), {}) as run:
+        put = run.outbox.put
+
+        def counted(op):  # the real outbox, its batch sizes noted
+            if op["op"] == "log_batch" and op.get("metrics"):
+                sizes.append(len(op["metrics"]))
+            put(op)
+        run.outbox.put = counted
+        for start in range(0, 3000, 700):  # e.g. 700 values an evaluation interval
+            steps = range(start, min(start + 700, 3000))
+            run.log_series("train_loss", steps, [float(s) for s in steps])
+        run.flush()
+    assert sizes == [tracking.MAX_METRICS_PER_BATCH] * 3  # not 1000 + 400 + 1000 + ...
+    history = MlflowClient(tracking_uri=uri).get_metric_history(run.run_id, "train_loss")
+    assert sorted(m.step for m in history) == list(range(3000))

@@ -1,5 +1,5 @@
-"""`sweeplab server` for real: Debian's PostgreSQL, `mlflow server --app-name basic-auth` on
-127.0.0.1, real sweeps with passwords, and direct postgresql+psycopg:// stores. No mocks.
+"""`sweeplab server` for real: Debian's PostgreSQL, `mlflow server --app-name sweeplab` (MLflow's
+basic-auth with sweeplab's metric path) on 127.0.0.1, real sweeps with passwords, and direct postgresql+psycopg:// stores. No mocks.
 
 `make test-server` runs these (marker `server`; the load test is also `slow`). PostgreSQL
 refuses root: as root, the server runs it as the OS user `postgres` (or `sweeplab-pg`), so the
@@ -7,6 +7,7 @@ test folders live under a world-enterable /tmp folder, not pytest's private tmp_
 """
 import base64
 import json
+import math
 import os
 import shutil
 import signal
@@ -217,6 +218,15 @@ def test_an_unauthenticated_request_is_refused(team):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(team.uri + "/api/2.0/mlflow/experiments/search?max_results=1",
                                timeout=10)
+    assert refused.value.code == 401
+    # The log-batch view is sweeplab's (runner/server_app.py); the login still comes first.
+    metrics = [{"key": "a", "value": 1.0, "timestamp": 1, "step": 0}]
+    request = urllib.request.Request(
+        team.uri + "/api/2.0/mlflow/runs/log-batch", method="POST",
+        data=json.dumps({"run_id": "0" * 32, "metrics": metrics}).encode(),
+        headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
     assert refused.value.code == 401
     assert team.admin("GET", "users/current")["user"]["username"] == "admin"
     # Nothing listens on TCP for PostgreSQL; no file under DIR holds the admin password.
@@ -457,6 +467,60 @@ def test_bulk_metrics_fast_path_on_postgresql(pg_database):
 
     client = store.open_client(pg_database)
     on_sqlite.test_bulk_rows_read_back_as_log_batchs(client)  # True: the fast path wrote them
+
+
+def test_metric_values_through_the_server_read_back_as_log_batchs(team, tmp_path):
+    """Through the server's log-batch view and store (runner/server_app.py), the JSON of
+    sweeplab's outbox and of MLflow's own client both store what MLflow's log_batch stores."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from mlflow.entities import Metric
+    from test_tracking_bulk import BATCHES, history
+
+    workers = processes_mentioning("runner.server_app:create_app")[0]
+    assert workers, "the server's workers do not run sweeplab's app"
+    served = store.open_client(team.uri)
+    exp = store.ensure_experiment(served, "served-metrics", None)
+    ours, mlflows = (served.create_run(exp).info.run_id for _ in range(2))
+    local = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/reference.db")
+    reference = local.create_run("0").info.run_id
+    for batch in BATCHES:
+        bulk_metrics.log_metrics(served, ours, batch)
+        served.log_batch(mlflows, metrics=[Metric(*m) for m in batch])
+        local.log_batch(reference, metrics=[Metric(*m) for m in batch])
+    expected = local.get_run(reference).data.metrics
+    for run in (ours, mlflows):
+        got = served.get_run(run).data.metrics
+        assert set(got) == set(expected)
+        for key in expected:
+            assert history(served, run, key) == history(local, reference, key), key
+            assert got[key] == expected[key] or math.isnan(got[key]) and math.isnan(expected[key])
+    with open(os.path.join(team.folder, "mlflow-server.log"), errors="replace") as f:
+        assert "bulk metric insert failed" not in f.read()  # the fast path, not its fallback
+
+
+def test_a_batch_the_server_refuses_gets_mlflows_error(team, tmp_path):
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+
+    served = store.open_client(team.uri)
+    run = served.create_run(store.ensure_experiment(served, "served-metrics", None)).info.run_id
+    local = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/reference.db")
+    reference = local.create_run("0").info.run_id
+    bad = [["fine", 1.0, 1000, 0], ["../escape", 1.0, 1000, 0]]
+    with pytest.raises(MlflowException) as theirs:
+        local.log_batch(reference, metrics=[Metric(*m) for m in bad])
+    with pytest.raises(MlflowException) as mine:
+        bulk_metrics.log_metrics(served, run, bad)
+    assert mine.value.error_code == theirs.value.error_code
+    assert mine.value.message.endswith(theirs.value.message)  # a REST one starts with the code
+    assert served.get_run(run).data.metrics == {}
+    served.delete_run(run)
+    local.delete_run(reference)
+    with pytest.raises(MlflowException) as theirs:
+        local.log_batch(reference, metrics=[Metric("a", 1.0, 1000, 0)])
+    with pytest.raises(MlflowException) as mine:
+        bulk_metrics.log_metrics(served, run, [["a", 1.0, 1000, 0]])
+    assert mine.value.error_code == theirs.value.error_code
 
 
 def test_a_sweep_into_a_direct_postgresql_store_with_its_password_redacted(pg_database):
