@@ -73,7 +73,7 @@ test-ui: $(UI_TEST_STAMP)
 	$(PY) -m pytest -q -m browser
 
 # `sweeplab server` for real (tests/test_server.py, marker `server`): Debian's PostgreSQL and
-# `mlflow server --app-name basic-auth` on 127.0.0.1; passwords, permissions, redaction, the
+# `mlflow server --app-name sweeplab` (basic-auth) on 127.0.0.1; passwords, permissions, redaction, the
 # UI's login in headless Chromium, direct postgresql+psycopg:// stores, and 4 sweeps at once
 # (60 jobs, >= 200,000 metric values) while mlflow is SIGKILLed and PostgreSQL restarted.
 # PostgreSQL and Chromium come from Debian (root or sudo); the driver, basic-auth's Flask-WTF

@@ -34,11 +34,12 @@ from benchmarks.bench_sweep import WORKLOADS, runner_env  # noqa: E402
 PASSWORD = "bench-" + secrets.token_hex(8)
 
 
-def start_server(folder, port):
+def start_server(folder, port, workers=None):
     env = dict(runner_env(), MLFLOW_AUTH_ADMIN_PASSWORD=PASSWORD)
     os.makedirs(folder, exist_ok=True)
+    extra = ["--workers", str(workers)] if workers else []
     proc = subprocess.Popen([sys.executable, "-m", "runner", "server", "--dir", folder,
-                             "--port", str(port)], cwd=folder, env=env, text=True,
+                             "--port", str(port), *extra], cwd=folder, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     for line in proc.stdout:
         if "tracking URI" in line:
@@ -100,11 +101,13 @@ def main(argv=None):
     parser.add_argument("--values", type=int, default=100_000)
     parser.add_argument("--port", type=int, default=5099)
     parser.add_argument("--repeat", type=int, default=3, help="sweeps per store, alternated")
+    parser.add_argument("--workers", type=int, help="sweeplab server --workers (its default "
+                        "if not given)")
     args = parser.parse_args(argv)
     base = tempfile.mkdtemp(prefix="bench-server-")
     os.chmod(base, 0o755)  # PostgreSQL's OS user enters it when we are root
     server_dir = os.path.join(base, "server")
-    proc = start_server(server_dir, args.port)
+    proc = start_server(server_dir, args.port, args.workers)
     try:
         from runner import server
         uri = f"http://127.0.0.1:{args.port}"

@@ -7,8 +7,8 @@ Two child processes, supervised here:
   PostgreSQL refuses to run as root; started as root, it runs as the OS user `postgres` (made by
   Debian's package), else `sweeplab-pg` (created here with useradd). That user must be able to
   enter DIR.
-- `mlflow server --app-name sweeplab` (MLflow's basic-auth app, metric values written in one
-  statement per batch: runner/server_app.py): the tracking store in database `mlflow`, the users
+- `mlflow server --app-name sweeplab` under gunicorn (MLflow's basic-auth app, metric values
+  written in one statement per batch: runner/server_app.py): the tracking store in database `mlflow`, the users
   and permissions in database `mlflow_auth` (basic-auth's ini, DIR/basic_auth.ini, names it),
   artifacts served from DIR/artifacts. The admin is MLflow's (`admin`, or
   $MLFLOW_AUTH_ADMIN_USERNAME) with the password in $MLFLOW_AUTH_ADMIN_PASSWORD (MLflow >= 3.16.1
@@ -46,6 +46,17 @@ AUTH_BOOTSTRAPPED_ENV = "_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED"  # MLflow's: the admin
 MIN_PASSWORD = 12  # MLflow's password policy
 AUTH_CACHE_SECONDS = 60  # basic-auth remembers a good password this long (per worker)
 START_SECONDS = 180.0  # how long a child may take to answer
+# mlflow server under gunicorn serves MLflow's Flask app directly. Under uvicorn (mlflow's
+# default) every request also crosses FastAPI and an ASGI-to-WSGI bridge: during the S16
+# sweep the server's workers used 8.1 s of CPU that way, 4.4 s under gunicorn, on the cores
+# that train (docs/team.md). Lost are MLflow 3's FastAPI-only GenAI routes (OpenTelemetry
+# trace ingestion, jobs, AI gateway, assistant, MCP), which tracking sweeps does not use.
+# Threads: requests of one worker overlap (a slow artifact upload does not hold up metrics);
+# a request may take 120 s before gunicorn restarts its worker.
+GUNICORN_OPTS = "--threads 8 --timeout 120 --graceful-timeout 10"
+# More worker processes than cores serve no more requests, and each costs CPU of its own (on 2
+# cores, 4 workers used 11 s of CPU during the S16 sweep, 2 workers 9.5 s: docs/team.md).
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 QUICK_DEATHS = 5  # a child that dies this many times in a row within a minute of starting: give up
 INSTALL = "apt-get install postgresql"
 BIN_ENV = "SWEEPLAB_POSTGRES_BIN"  # where initdb and postgres are, if not Debian's folder
@@ -235,9 +246,11 @@ def start_mlflow(folder: str, args, role: str, ini: str) -> subprocess.Popen:
     command = [mlflow if os.path.exists(mlflow) else "mlflow", "server",
                "--app-name", "sweeplab", "--backend-store-uri", store_uri(folder, "mlflow", role),
                "--serve-artifacts", "--artifacts-destination", os.path.join(folder, "artifacts"),
-               "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
+               "--host", args.host, "--port", str(args.port), "--workers", str(args.workers),
+               "--gunicorn-opts", GUNICORN_OPTS]
     if args.allowed_hosts:
         command += ["--allowed-hosts", args.allowed_hosts]
+
     env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=ini,
                MLFLOW_FLASK_SERVER_SECRET_KEY=flask_secret(folder),
                # MLflow 3's GenAI job runners: not needed to track sweeps; a quicker start/stop.
@@ -372,14 +385,16 @@ def check_driver() -> None:
 def parse(argv: List[str]):
     parser = argparse.ArgumentParser(
         prog="sweeplab server", description="A team's MLflow tracking server: PostgreSQL and "
-        "mlflow server --app-name basic-auth, with every file under DIR (docs/team.md).")
+        "mlflow server with MLflow's basic-auth app, with every file under DIR (docs/team.md).")
     parser.add_argument("--dir", required=True, help="where the database, artifacts and logs "
                         "live; created on the first start")
     parser.add_argument("--host", default="127.0.0.1", help="the address to listen on "
                         "(default 127.0.0.1: this machine only; 0.0.0.0: every network, see "
                         "docs/team.md)")
     parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--workers", type=int, default=4, help="mlflow server worker processes")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help=f"mlflow server worker processes (default {DEFAULT_WORKERS}: 4, "
+                        f"or fewer on a machine with fewer cores)")
     parser.add_argument("--allowed-hosts", help="mlflow server's Host-header allow-list, e.g. "
                         "mlflow.example.org,mlflow.example.org:5000 (needed with --host 0.0.0.0)")
     parser.add_argument("--default-permission", default="READ",
