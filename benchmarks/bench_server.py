@@ -77,16 +77,11 @@ def values_per_second(uri, count):
 def tree_cpu(pid):
     """CPU seconds used so far by `pid` and every process below it (the server's PostgreSQL
     and mlflow workers), from /proc."""
-    tick, parent, used = os.sysconf("SC_CLK_TCK"), {}, {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parent[int(entry)] = int(fields[1])
-            used[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    from runner import procfs
+    parent, used = {}, {}
+    for process, fields in procfs.processes():
+        parent[process] = int(fields[procfs.PPID])
+        used[process] = procfs.cpu_seconds(fields)
     total, todo = 0.0, [pid]
     while todo:
         current = todo.pop()
@@ -125,7 +120,8 @@ def main(argv=None):
                 os.makedirs(folder)
                 server_cpu = tree_cpu(proc.pid)
                 wall, code = sweep(store_uri, folder, args.steps)
-                server_cpu = tree_cpu(proc.pid) - server_cpu
+                # (processes that ended during the sweep take their CPU time with them)
+                server_cpu = max(0.0, tree_cpu(proc.pid) - server_cpu)
                 walls[name].append(wall)
                 print(f"  repeat {repeat + 1}: {name:6s} {wall:6.1f} s  exit {code}  server "
                       f"CPU during it {server_cpu:5.1f} s", flush=True)

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Tuple
 
-from runner import codeversion, store, tags
+from runner import codeversion, procfs, store, tags
 from runner.outbox import journal_uri, one_line
 from runner.tasks import spec_of_run
 from runner.tracking import JobContext, config_hash, tracking_uri
@@ -36,11 +36,8 @@ SWEEP_FILE = "sweeplab.json"  # in the sweep dir: what `sweeplab resume <dir>` n
 def _start_time(pid: int) -> Optional[str]:
     """The process's start time in clock ticks since boot (tells a reused pid apart); None
     where there is no /proc or no such process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
+    fields = procfs.stat(pid)
+    return fields[procfs.START_TIME] if fields and len(fields) > procfs.START_TIME else None
 
 
 def this_process() -> str:

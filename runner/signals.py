@@ -22,6 +22,8 @@ import threading
 import time
 from typing import List, Optional
 
+from runner import procfs
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 ORPHAN_EXIT_SECONDS = 120.0  # a worker whose launcher died waits this long for its job to close
 
@@ -75,21 +77,7 @@ def _on_signal(signum: int, frame=None) -> None:
 
 def children(pid: int) -> List[int]:
     """Direct child processes of `pid`, read from /proc (none where there is no /proc)."""
-    found = []
-    if not os.path.isdir("/proc"):
-        return found
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:  # gone meanwhile
-            continue
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry))
-    return found
+    return [child for child, fields in procfs.processes() if int(fields[procfs.PPID]) == pid]
 
 
 def install_launcher() -> None:

@@ -19,6 +19,8 @@ import pytest
 from conftest import Proc, compose_cfg
 from mlflow.tracking import MlflowClient
 
+from runner import procfs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["model=mlp", "model.hidden=[16]", "train.eval_size=50"]
 SHORT = [*SMALL, "train.steps=30", "train.eval_every=10"]
@@ -41,18 +43,8 @@ def Cli(args, cwd, env) -> Proc:
 
 def group_members(pgid):
     """Pids still alive in process group `pgid` (zombies count as gone)."""
-    alive = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            alive.append(int(entry))
-    return alive
+    return [pid for pid, fields in procfs.processes()
+            if int(fields[procfs.PGRP]) == pgid and fields[procfs.STATE] != "Z"]
 
 
 def assert_no_orphans(pgid, timeout=30):

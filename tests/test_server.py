@@ -22,7 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import Proc, chromium_missing, compose_cfg, start_chromium
-from runner import bulk_metrics, server, store
+from runner import bulk_metrics, procfs, server, store
 
 pytestmark = pytest.mark.server
 
@@ -74,36 +74,16 @@ def sweeplab(args, cwd, env, timeout=600):
 def processes_mentioning(text):
     """Pids of live processes whose command line holds `text`, and of their groups' members."""
     leaders, groups = [], set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] == "Z":
-            continue
-        if text in cmdline:
-            leaders.append(int(entry))
-            groups.add(int(fields[2]))
+    for pid, fields in procfs.processes():
+        if fields[procfs.STATE] != "Z" and text in _cmdline(pid):
+            leaders.append(pid)
+            groups.add(int(fields[procfs.PGRP]))
     return leaders, groups
 
 
 def group_members(pgids):
-    alive = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) in pgids and fields[0] != "Z":
-                alive.append(int(entry))
-    return alive
+    return [pid for pid, fields in procfs.processes()
+            if int(fields[procfs.PGRP]) in pgids and fields[procfs.STATE] != "Z"]
 
 
 class TeamServer:
