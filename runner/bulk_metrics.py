@@ -27,9 +27,9 @@ them only for a metric with a model id, or with an active model; sweeplab sets n
 
 By design, not as a fallback: a file store and SQL dialects other than sqlite and PostgreSQL
 go through `MlflowClient.log_batch`, which is always right, only slower. A client of a tracking
-server sends REST log_batch requests; `sweeplab server` writes them with `write` on its side
-(runner/server_app.py). The fast path is tested on sqlite (tests/test_tracking_bulk.py) and on PostgreSQL
-(tests/test_server.py, `make test-server`).
+server sends REST log-batch requests (`send`); `sweeplab server` writes them with `write` on
+its side (runner/server_app.py). The fast path is tested on sqlite (tests/test_tracking_bulk.py)
+and on PostgreSQL (tests/test_server.py, `make test-server`).
 """
 import json
 import logging

@@ -8,9 +8,9 @@ Two child processes, supervised here:
   Debian's package), else `sweeplab-pg` (created here with useradd). That user must be able to
   enter DIR.
 - `mlflow server --app-name sweeplab` under gunicorn (MLflow's basic-auth app, metric values
-  written in one statement per batch: runner/server_app.py): the tracking store in database `mlflow`, the users
-  and permissions in database `mlflow_auth` (basic-auth's ini, DIR/basic_auth.ini, names it),
-  artifacts served from DIR/artifacts. The admin is MLflow's (`admin`, or
+  written in one statement per batch: runner/server_app.py): the tracking store in database
+  `mlflow`, the users and permissions in database `mlflow_auth` (basic-auth's ini,
+  DIR/basic_auth.ini, names it), artifacts served from DIR/artifacts. The admin is MLflow's (`admin`, or
   $MLFLOW_AUTH_ADMIN_USERNAME) with the password in $MLFLOW_AUTH_ADMIN_PASSWORD (MLflow >= 3.16.1
   ships none; >= 12 characters), needed on the first start, when MLflow creates the admin.
   The password travels in the environment only: no file under DIR holds it.
@@ -55,7 +55,7 @@ START_SECONDS = 180.0  # how long a child may take to answer
 # a request may take 120 s before gunicorn restarts its worker.
 GUNICORN_OPTS = "--threads 8 --timeout 120 --graceful-timeout 10"
 # More worker processes than cores serve no more requests, and each costs CPU of its own (on 2
-# cores, 4 workers used 11 s of CPU during the S16 sweep, 2 workers 9.5 s: docs/team.md).
+# cores, under uvicorn, 4 workers used ~11 s of CPU during the S16 sweep, 2 workers ~9.5 s).
 DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 QUICK_DEATHS = 5  # a child that dies this many times in a row within a minute of starting: give up
 INSTALL = "apt-get install postgresql"
@@ -250,7 +250,6 @@ def start_mlflow(folder: str, args, role: str, ini: str) -> subprocess.Popen:
                "--gunicorn-opts", GUNICORN_OPTS]
     if args.allowed_hosts:
         command += ["--allowed-hosts", args.allowed_hosts]
-
     env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=ini,
                MLFLOW_FLASK_SERVER_SECRET_KEY=flask_secret(folder),
                # MLflow 3's GenAI job runners: not needed to track sweeps; a quicker start/stop.

@@ -20,13 +20,16 @@ the endpoint are MLflow's own, unchanged. Private MLflow names used here (DESIGN
 a tested fallback): the handlers' registry and store builder, the `_log_batch` endpoint, and the
 validation helpers; tests/test_server.py runs all of it against a real server.
 """
+import logging
 import math
 import os
 
+import mlflow
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from runner import bulk_metrics
 
+log = logging.getLogger(__name__)
 SCHEMES = ("postgresql", "sqlite")  # bulk_metrics.DIALECTS, as MLflow names their URI schemes
 ENDPOINT = "_log_batch"  # the Flask endpoint of /api/2.0/mlflow/runs/log-batch (and ajax-api)
 METRIC_FIELDS = frozenset({"key", "value", "timestamp", "step"})
@@ -74,7 +77,8 @@ def metric_rows(body):
     rows = []
     try:
         for metric in metrics:
-            if set(metric) - METRIC_FIELDS or not isinstance(metric["key"], str) or not metric["key"]:
+            key = metric["key"]
+            if set(metric) - METRIC_FIELDS or not isinstance(key, str) or not key:
                 return None
             value, timestamp, step = metric["value"], metric["timestamp"], metric.get("step", 0)
             if isinstance(value, str):
@@ -83,7 +87,7 @@ def metric_rows(body):
                     return None  # "nan", "inf": protobuf's JSON spells them otherwise
             elif isinstance(value, bool) or not isinstance(value, (int, float)):
                 return None
-            rows.append((metric["key"], float(value), _int64(timestamp), _int64(step)))
+            rows.append((key, float(value), _int64(timestamp), _int64(step)))
     except (KeyError, TypeError, ValueError):
         return None
     return run_id, rows
@@ -130,10 +134,15 @@ def _build_store(store_uri, artifact_uri):
 def create_app():
     """mlflow server's app factory, called once in each worker process."""
     from mlflow.server import app as flask_app
-    from mlflow.server.handlers import _tracking_store_registry  # the server's own registry
-    for scheme in SCHEMES:
-        _tracking_store_registry.register(scheme, _build_store)
-    if ENDPOINT in flask_app.view_functions:  # else: MLflow renamed it; its own view serves
-        flask_app.view_functions[ENDPOINT] = fast_log_batch(flask_app.view_functions[ENDPOINT])
+    try:
+        from mlflow.server.handlers import _tracking_store_registry  # the server's own
+        for scheme in SCHEMES:
+            _tracking_store_registry.register(scheme, _build_store)
+        if ENDPOINT in flask_app.view_functions:  # else MLflow renamed it: its view serves
+            flask_app.view_functions[ENDPOINT] = fast_log_batch(
+                flask_app.view_functions[ENDPOINT])
+    except (ImportError, AttributeError) as err:  # a new MLflow moved these: its own app
+        log.warning("sweeplab's metric path is off on MLflow %s (%s); mlflow's own log_batch "
+                    "serves (correct, slower)", mlflow.__version__, err)
     from mlflow.server.auth import create_app as basic_auth_app
     return basic_auth_app()
