@@ -252,7 +252,7 @@ def experiment_id(client: "MlflowClient", cfg, uri: str) -> str:
 
 
 # (store URI, experiment name) -> id, per process: an experiment's id never changes, and a
-# launcher's jobs all ask for the same one (a tracking server spends ~40 ms of CPU on each ask).
+# launcher's jobs all ask for the same one (a tracking server spent ~40 ms of CPU on each ask during a sweep).
 _experiment_ids: Dict[Tuple[str, str], str] = {}
 
 
