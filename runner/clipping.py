@@ -91,15 +91,20 @@ def clip(grads, table: ClipTable):
             g = g * per_job(numerator[:, i], g) / per_job(denominator[:, i], g)
         if "value" in modes:
             low, high = per_job(table.value_min, g), per_job(table.value_max, g)
-            outside += tf.reduce_sum(tf.cast((g < low) | (g > high), tf.float32), rest_axes(g))
-            g = tf.clip_by_value(g, low, high)
+            scaled, g = g, tf.clip_by_value(g, low, high)
+            # What the clip changed is what lay outside the bounds (one pass, not three).
+            outside += tf.reduce_sum(tf.cast(tf.not_equal(g, scaled), tf.float32), rest_axes(g))
         clipped.append(g)
     if "value" in modes:
         elements = float(sum(int(np.prod(g.shape[1:])) for g in grads))
         fraction = tf.where(table.is_mode["value"], outside / elements, fraction)
-    # Unclipped gradients need no second pass (saves ops in every step of the hot loop).
-    var_norms_clipped, grad_norm_clipped = ((var_norms, grad_norm) if modes == {"none"}
-                                            else norms(clipped))
+        var_norms_clipped, grad_norm_clipped = norms(clipped)
+    else:
+        # Scaling a tensor scales its norm: the clipped norms need no second pass over the
+        # gradients (equal to within float32 rounding; they are statistics, not the update).
+        var_norms_clipped = var_norms * numerator / denominator
+        grad_norm_clipped = (grad_norm if modes == {"none"}
+                             else tf.sqrt(tf.reduce_sum(tf.square(var_norms_clipped), 1)))
     return clipped, {"grad_norm": grad_norm, "grad_norm_clipped": grad_norm_clipped,
                      "clip_fraction": fraction, "var_norms": var_norms,
                      "var_norms_clipped": var_norms_clipped}

@@ -76,6 +76,11 @@ def plan_chunks(cfgs: Sequence, envs: Sequence[Dict[str, str]], max_stack: int,
         if len(members) == 1:
             chunks.append(Chunk(members, alone="no other job of this batch shares its graph"))
             continue
+        # A seed's jobs side by side: jobs of one seed draw the same batches, and a chunk of
+        # one seed feeds all of them one input (its first convolution is one dense conv, not
+        # N grouped ones). Replicate sweeps (seed varying fastest) otherwise mix 5 seeds in
+        # every chunk.
+        members = sorted(members, key=lambda i: cfgs[i].seed)
         chunks.extend(Chunk(part) for part in even_chunks(members, max(1, max_stack), workers))
     while len(chunks) < workers:
         largest = max((c for c in chunks if c.alone is None), key=lambda c: len(c.members),
@@ -89,3 +94,4 @@ def plan_chunks(cfgs: Sequence, envs: Sequence[Dict[str, str]], max_stack: int,
         if len(chunk.members) == 1 and chunk.alone is None:
             chunk.alone = "hydra.launcher.max_stack=1"
     return sorted(chunks, key=lambda chunk: chunk.members[0])
+

@@ -99,6 +99,16 @@ def test_chunks_are_split_until_every_worker_has_one():
     assert [len(c.members) for c in plan_chunks(cfgs[:3], [{}] * 3, 16, workers=2)] == [3]
 
 
+def test_a_replicate_sweep_chunks_each_seed_together():
+    # lr x seed with seed varying fastest, as `optimizer.lr=... seed=range(4)` sweeps it:
+    # 4 configs x 4 seeds on 2 workers in chunks of at most 4 -> each chunk holds one seed.
+    cfgs = [compose_cfg("model=mlp", f"optimizer.lr={lr}", f"seed={seed}")
+            for lr in (0.1, 0.01, 0.001, 0.0001) for seed in range(4)]
+    chunks = plan_chunks(cfgs, [{}] * len(cfgs), max_stack=4, workers=2)
+    assert [sorted({cfgs[i].seed for i in c.members}) for c in chunks] == [[0], [1], [2], [3]]
+    assert sorted(i for c in chunks for i in c.members) == list(range(len(cfgs)))
+
+
 def test_unstackable_models_and_lonely_jobs_train_alone_with_a_reason():
     cfgs = [compose_cfg("model=mlp", "optimizer.lr=0.1"), compose_cfg("model=alexnet"),
             compose_cfg("model=mlp", "optimizer.lr=0.2"), compose_cfg("model=mlp", "train.steps=7"),
