@@ -159,7 +159,9 @@ class StackedNet:
                 layout = "jobs"
             elif isinstance(layer, keras.layers.Dense):
                 kernel = self._weight(layer.kernel)  # [N, in, out]
-                x = (tf.einsum("nbi,nio->nbo", x, kernel) if layout == "jobs"
+                # A batched matmul, not einsum: the weight gradient of einsum (oneDNN's) took
+                # 1.2 ms of a 14-LeNet step for fc1 alone.
+                x = (tf.matmul(x, kernel) if layout == "jobs"
                      else tf.einsum("bi,nio->nbo", x, kernel))
                 if layer.use_bias:
                     x = x + self._weight(layer.bias)[:, None, :]
