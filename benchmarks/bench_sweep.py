@@ -13,6 +13,11 @@ Each launcher gets a fresh temporary folder (its cwd, sweep dir and sqlite MLflo
   joblib   hydra/launcher=joblib hydra.launcher.n_jobs=2 (two worker processes)
   stacked  hydra/launcher=stacked, the project's own launcher; "n/a (not installed)" when
            `python -m runner hydra/launcher=stacked --cfg hydra` does not compose here
+  engine   r140 only, and not a launcher: the same 140 jobs, chunked as the stacked launcher
+           chunks them, through the compiled engine alone (training, every evaluation, the
+           test) in one process per core, without Hydra, MLflow, logs or plots
+           (benchmarks/engine_only.py). The floor under the stacked row: what the sweep would
+           take if everything around the engine were free.
 
 Timed: wall seconds from starting `python -m runner` to its exit (every job done, the parent
 run closed), and the CPU seconds of that process tree. Then the store is read back: every
@@ -45,12 +50,13 @@ WORKLOADS = {  # name -> (overrides, jobs, launchers it runs on by default)
              "optimizer.lr=0.00005,0.0005,0.005,0.05", "clipping=none,value,norm,global_norm"],
             16, ("basic", "joblib", "stacked")),
     "r140": (["-m", "experiment=lr_clip", "dataset=mnist_5k", "seed=range(5)"], 140,
-             ("stacked",)),
+             ("stacked", "engine")),
 }
 LAUNCHERS = {
     "basic": ["hydra/launcher=basic"],  # stacked is the default for -m
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
     "stacked": ["hydra/launcher=stacked"],
+    "engine": None,  # not a launcher: r140's jobs through the engine alone (engine_only.py)
 }
 TIMERS = ("setup", "trace", "train", "eval", "tracking", "plots")  # metrics time/<name>
 EXPERIMENT = "sweeplab"  # conf: mlflow.experiment_name
@@ -63,7 +69,7 @@ def runner_env():
 
 def installed(launcher, folder):
     """Does `hydra/launcher=<launcher>` compose in this checkout (plugin found by Hydra)?"""
-    if not LAUNCHERS[launcher]:
+    if not LAUNCHERS[launcher]:  # basic needs nothing; engine is no launcher
         return True
     probe = subprocess.run([sys.executable, "-m", "runner", *LAUNCHERS[launcher], "--cfg",
                             "hydra", "-p", "hydra.launcher"], cwd=folder, env=runner_env(),
@@ -86,6 +92,21 @@ def run_sweep(workload, launcher, folder, steps):
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     return wall, cpu, done.returncode, done.stderr.strip().splitlines()[-3:]
+
+
+def run_engine_only(jobs, steps):
+    """The `engine` row: r140's jobs through the engine alone, one worker per core."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import engine_only
+
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = engine_only.run(len(os.sched_getaffinity(0)), steps)
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
+    row = {"wall": wall, "cpu": cpu, "jobs": jobs, "ok": jobs, "run_wall": None,
+           "train_seconds": None}
+    row.update({name: None for name in TIMERS})
+    return row
 
 
 def read_store(folder):
@@ -188,7 +209,10 @@ def main(argv=None):
         n.strip() for n in args.launchers.split(",") if n.strip()]
     if names is not None and (not names or any(n not in LAUNCHERS for n in names)):
         parser.error(f"--launchers: choose from {','.join(LAUNCHERS)}")
-    plan = [(w, n) for w in workloads for n in (names or WORKLOADS[w][2])]
+    if "engine" in (names or []) and "r140" not in workloads:
+        parser.error("--launchers engine: r140's jobs only (add r140 to --workloads)")
+    plan = [(w, n) for w in workloads for n in (names or WORKLOADS[w][2])
+            if n != "engine" or w == "r140"]
 
     load_at_start = " ".join(f"{x:.2f}" for x in os.getloadavg())
     rows, skipped, warnings = {}, [], []
@@ -199,6 +223,10 @@ def main(argv=None):
                 skipped.append((workload, name))
                 continue
             print(f"  {workload} {name} ...", end="", flush=True, file=sys.stderr)
+            if name == "engine":
+                rows[(workload, name)] = run_engine_only(WORKLOADS[workload][1], args.steps)
+                print(f" {rows[(workload, name)]['wall']:.1f} s", file=sys.stderr, flush=True)
+                continue
             wall, cpu, code, stderr = run_sweep(workload, name, folder, args.steps)
             print(f" {wall:.1f} s", file=sys.stderr, flush=True)
             rows[(workload, name)], found = summarise(f"{workload} {name}",
