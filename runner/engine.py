@@ -13,6 +13,7 @@ job is `diverged` at that step and trains no further, while the others go on exa
 would without it. Solo and stacked runs share every line of this: what may differ between two
 jobs of one graph is declared in runner.tasks.STACKS.
 """
+import logging
 import random
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
@@ -22,6 +23,23 @@ import numpy as np
 import tensorflow as tf
 
 from runner import clipping, optim, regularizers
+
+
+class OneTracePerGraph(logging.Filter):
+    """Drops TensorFlow's "N out of the last M calls ... triggered tf.function retracing".
+
+    Every graph of a sweep traces its own training loop and evaluation once, by design; a
+    process that trains several graphs one after another (a worker, or the launching process)
+    makes TensorFlow count those first traces together, as if one function kept retracing,
+    and print a 7-line warning about misuse into the sweep's output. Each job's `time/trace`
+    metric shows what tracing costs.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+logging.getLogger("tensorflow").addFilter(OneTracePerGraph())
 
 # Per-step series that come out of the compiled loop (one value per update).
 SERIES = ("train_loss", "penalty", "lr", "grad_norm", "grad_norm_clipped", "clip_fraction")
