@@ -94,4 +94,3 @@ def plan_chunks(cfgs: Sequence, envs: Sequence[Dict[str, str]], max_stack: int,
         if len(chunk.members) == 1 and chunk.alone is None:
             chunk.alone = "hydra.launcher.max_stack=1"
     return sorted(chunks, key=lambda chunk: chunk.members[0])
-
