@@ -34,6 +34,7 @@ def _worker(todo, conn, target: Callable, setup: Optional[Callable], setup_args:
             conn.send(message)
 
     progress.forward_to(lambda event: send(("progress", event)))
+    send(("ready", None))  # its handler is in: from now on a stop signal reaches it
     if setup is not None:
         setup(*setup_args)
     while True:
@@ -54,6 +55,8 @@ class _Worker:
     todo: object  # its own queue: the launcher always knows which item a worker holds
     conn: object  # what it sends back; its end of the pipe closes when it exits
     held: Optional[int] = None  # the index of the item it trains
+    ready: bool = False  # it has its signal handler (runner.signals.prepare_worker)
+    told: bool = False  # a stop signal the launcher got was passed on to it, ready
 
 
 class Pool:
@@ -67,7 +70,8 @@ class Pool:
             todo, (reader, writer) = spawn.Queue(), spawn.Pipe(duplex=False)
             process = spawn.Process(target=_worker, name=f"sweeplab-worker-{i}", args=(
                 todo, writer, target, setup, setup_args, os.getpid()))
-            process.start()
+            with signals.ignored_by_children():  # a stop signal must not kill it while it starts
+                process.start()
             writer.close()  # the worker's end only: reading it then ends when the worker does
             self.workers.append(_Worker(process, todo, reader))
         self.closed = False
@@ -111,6 +115,7 @@ class Pool:
                             timeout=POLL_SECONDS)
             for w in list(live):
                 if self._receive(w, done, died):
+                    self._pass_on_stop(w)
                     continue
                 live.remove(w)
                 w.process.join(timeout=10)
@@ -124,6 +129,18 @@ class Pool:
         self.close()
 
     @staticmethod
+    def _pass_on_stop(w: _Worker) -> None:
+        """A stop signal the launcher got while `w` was starting (ignored there, see
+        `Pool`) is passed on once `w` has its handler, so it skips or stops its job."""
+        signum = signals.received()
+        if signum and w.ready and not w.told:
+            w.told = True
+            try:
+                os.kill(w.process.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    @staticmethod
     def _receive(w: _Worker, done, died) -> bool:
         """Handle what `w` sent; False once it is gone (its pipe closed or it exited)."""
         try:
@@ -131,6 +148,9 @@ class Pool:
                 kind, payload = w.conn.recv()
                 if kind == "progress":
                     progress.replay(payload)
+                    continue
+                if kind == "ready":
+                    w.ready = True
                     continue
                 index, w.held = w.held, None
                 if kind == "done":

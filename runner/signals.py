@@ -7,9 +7,10 @@ sweep closes its parent KILLED; the process exits 128 + signal (130 SIGINT, 143 
 Nothing raises from inside a handler, so a run is never cut off halfway through closing.
 
 Worker processes: a launcher that spawns them (joblib/loky, the stacked launcher) blocks SIGINT/SIGTERM in its main
-thread first (`shield_workers`), so every worker starts with them blocked and a Ctrl-C reaching
-an idle worker cannot kill it (loky would then SIGKILL the other workers while they close their
-runs). The launcher receives its own signals in a watcher thread. A worker installs the handler
+thread first (`shield_workers`), so a Ctrl-C reaching an idle worker cannot kill it (loky would
+then SIGKILL the other workers while they close their runs). A spawned process does not keep
+that block through exec, so the stacked launcher's pool also spawns its workers with the two
+signals ignored (`ignored_by_children`) and passes a signal they missed on once they are ready. The launcher receives its own signals in a watcher thread. A worker installs the handler
 and unblocks the signals when it starts a job (`job`; a stacked worker at once,
 `prepare_worker`); a signal that arrived before is then seen, and the job is skipped. Workers watch their launcher: if it dies (even by SIGKILL) they
 stop as if signalled and exit, so none lives on as an orphan or starts another job.
@@ -102,6 +103,29 @@ def _receive_blocked() -> None:
     block, so this one can wait for them)."""
     while True:
         _on_signal(signal.sigwait(STOP_SIGNALS))
+
+
+@contextlib.contextmanager
+def ignored_by_children():
+    """Around spawning a worker: SIGINT and SIGTERM ignored, so the worker starts with them
+    ignored. A spawned process does not keep its parent's blocked signals (`shield_workers`)
+    through exec, but it keeps an ignored disposition; without this, a stop signal forwarded
+    (or a Ctrl-C) in the second before the worker installs its handler killed it, and its job
+    was recorded lost. The pool passes on a signal the worker missed once it is ready
+    (runner.pool). Main thread only (elsewhere nothing changes); a signal that reaches this
+    process within the few milliseconds of the spawn itself is lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            if handler is not None:  # None: set outside Python, nothing to restore it with
+                signal.signal(signum, handler)
 
 
 def prepare_worker(launcher: Optional[int] = None) -> None:

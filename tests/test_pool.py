@@ -129,3 +129,16 @@ def test_idle_cores_see_a_busy_core_now_not_a_minute_later():
     finally:
         spinner.kill()
         spinner.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_while_a_worker_starts_does_not_kill_it(signum):
+    # A spawned process does not inherit its launcher's blocked signals: a SIGTERM forwarded
+    # (or a Ctrl-C) before the worker installed its handler killed it, and a resumed sweep
+    # stopped at once recorded its jobs as lost instead of killed.
+    workers = pool.Pool(2, double)
+    for process in workers.processes:  # at once: the workers are still starting Python
+        os.kill(process.pid, signum)
+    done, died = {}, {}
+    workers.run([1, 2], done.__setitem__, died.__setitem__)
+    assert died == {} and done == {0: 2, 1: 4}
