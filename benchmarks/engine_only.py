@@ -1,8 +1,8 @@
 """The r140 sweep's jobs through the engine alone: the floor under `make bench-sweep`'s r140 row.
 
-The same 140 jobs (`experiment=lr_clip dataset=mnist_5k`, 7 lr x 4 clipping x 5 seeds), chunked
-as the stacked launcher chunks them (`runner.grouping.plan_chunks`, max_stack 16, one chunk
-per worker in turn), trained by `runner.tasks.image.build`'s compiled engine with the preset's
+The same 140 jobs (`experiment=lr_clip dataset=mnist_5k`, the preset's 7 lr x 4 clipping, x 5
+seeds), chunked as the stacked launcher chunks them (`runner.grouping.plan_chunks`, the
+launcher's max_stack, one chunk per worker in turn), trained by `runner.tasks.image.build`'s compiled engine with the preset's
 evaluation every 10 steps and the final test, in one process per core. Left out: everything a
 sweep does around the engine (Hydra, MLflow runs and metrics, logs, plots, the launcher).
 
@@ -16,30 +16,30 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LRS = (0.00005, 0.000158, 0.0005, 0.00158, 0.005, 0.0158, 0.05)  # conf/experiment/lr_clip.yaml
-MODES = ("none", "value", "norm", "global_norm")
-SEEDS = range(5)
-MAX_STACK = 16  # the stacked launcher's default
+SEEDS = range(5)  # bench_sweep's r140: seed=range(5)
 
 
 def job_configs(steps=None):
     """Each job's composed config, in the order Hydra's sweeper lists them (seed varies
-    fastest). One composition per clipping mode, then lr and seed set on a copy: composing
-    all 140 costs more than a worker's share of the training."""
+    fastest), over the lr and clipping values of the preset's own sweeper params. One
+    composition per clipping mode, then lr and seed set on a copy: composing all 140 costs
+    more than a worker's share of the training."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from runner.config import register_configs
 
     register_configs()
-    extra = [f"train.steps={steps}"] if steps else []
+    base = ["experiment=lr_clip", "dataset=mnist_5k"] + ([f"train.steps={steps}"] if steps else [])
     with initialize_config_dir(config_dir=os.path.join(ROOT, "conf"), version_base="1.3"):
-        by_mode = {mode: compose("config", overrides=["experiment=lr_clip", "dataset=mnist_5k",
-                                                      f"clipping={mode}", *extra])
-                   for mode in MODES}
+        params = compose("config", overrides=base, return_hydra_config=True).hydra.sweeper.params
+        lrs = [float(v) for v in params["optimizer.lr"].split(",")]
+        modes = params["clipping"].split(",")
+        by_mode = {mode: compose("config", overrides=[*base, f"clipping={mode}"])
+                   for mode in modes}
     cfgs = []
-    for lr in LRS:
-        for mode in MODES:
+    for lr in lrs:
+        for mode in modes:
             for seed in SEEDS:
                 cfg = OmegaConf.create(OmegaConf.to_container(by_mode[mode]))
                 cfg.optimizer.lr, cfg.seed = lr, seed
@@ -50,10 +50,12 @@ def job_configs(steps=None):
 def train_share(worker: int, workers: int, steps=None) -> None:
     """Train this worker's chunks (every `workers`-th chunk of the plan), as a worker does."""
     sys.path.insert(0, ROOT)
+    from hydra_plugins.sweeplab_launcher.stacked_launcher import StackedLauncherConf
     from runner.grouping import plan_chunks
 
     cfgs = job_configs(steps)
-    chunks = plan_chunks(cfgs, [{}] * len(cfgs), MAX_STACK, workers=workers)
+    chunks = plan_chunks(cfgs, [{}] * len(cfgs), StackedLauncherConf.max_stack,
+                         workers=workers)
 
     from runner.engine import configure_threads
     from runner.tasks import image
@@ -84,15 +86,11 @@ def run(workers: int, steps=None) -> float:
                                "--of", str(workers), *extra], env=env, cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for w in range(workers)]
-    failed = [(p, p.communicate()[1]) for p in procs]
-    failed = [err.strip().splitlines()[-1:] for p, err in failed if p.returncode != 0]
+    errors = [p.communicate()[1] for p in procs]
+    failed = [err.strip().splitlines()[-1:] for p, err in zip(procs, errors) if p.returncode]
     if failed:
         raise RuntimeError(f"engine-only worker failed: {failed}")
     return time.perf_counter() - started
-
-
-def jobs_count() -> int:
-    return len(LRS) * len(MODES) * len(SEEDS)
 
 
 def main(argv=None):
@@ -104,7 +102,7 @@ def main(argv=None):
     if args.worker is not None:
         train_share(args.worker, args.of, args.steps)
     else:
-        print(f"{run(args.of, args.steps):.1f} s for {jobs_count()} jobs on {args.of} workers")
+        print(f"{run(args.of, args.steps):.1f} s on {args.of} workers")
 
 
 if __name__ == "__main__":

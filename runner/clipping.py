@@ -102,9 +102,10 @@ def clip(grads, table: ClipTable):
     else:
         # Scaling a tensor scales its norm: the clipped norms need no second pass over the
         # gradients (equal to within float32 rounding; they are statistics, not the update).
-        var_norms_clipped = var_norms * numerator / denominator
-        grad_norm_clipped = (grad_norm if modes == {"none"}
-                             else tf.sqrt(tf.reduce_sum(tf.square(var_norms_clipped), 1)))
+        var_norms_clipped, grad_norm_clipped = var_norms, grad_norm
+        if modes != {"none"}:
+            var_norms_clipped = var_norms * numerator / denominator
+            grad_norm_clipped = tf.sqrt(tf.reduce_sum(tf.square(var_norms_clipped), 1))
     return clipped, {"grad_norm": grad_norm, "grad_norm_clipped": grad_norm_clipped,
                      "clip_fraction": fraction, "var_norms": var_norms,
                      "var_norms_clipped": var_norms_clipped}

@@ -10,7 +10,8 @@ Worker processes: a launcher that spawns them (joblib/loky, the stacked launcher
 thread first (`shield_workers`), so a Ctrl-C reaching an idle worker cannot kill it (loky would
 then SIGKILL the other workers while they close their runs). A spawned process does not keep
 that block through exec, so the stacked launcher's pool also spawns its workers with the two
-signals ignored (`ignored_by_children`) and passes a signal they missed on once they are ready. The launcher receives its own signals in a watcher thread. A worker installs the handler
+signals ignored (`ignored_by_children`) and passes a signal they missed on once they are
+ready. The launcher receives its own signals in a watcher thread. A worker installs the handler
 and unblocks the signals when it starts a job (`job`; a stacked worker at once,
 `prepare_worker`); a signal that arrived before is then seen, and the job is skipped. Workers watch their launcher: if it dies (even by SIGKILL) they
 stop as if signalled and exit, so none lives on as an orphan or starts another job.
